@@ -1,0 +1,180 @@
+//! The one error type of the crate.
+//!
+//! Every fallible operation in scalekit returns [`Result<T>`](crate::Result),
+//! whose error is [`Error`]. The variants say *what* failed, so a caller can
+//! decide what to do without parsing messages:
+//!
+//! | variant | meaning | retry? |
+//! |---|---|---|
+//! | [`Error::Backend`] | the engine answered with an error or the I/O to it failed | often, after a back-off |
+//! | [`Error::Codec`] | a key or value could not be encoded, or a stored row could not be decoded | no: the data or the codec is wrong |
+//! | [`Error::Config`] | a builder was given a configuration that cannot work | no: fix the configuration |
+//! | [`Error::Timeout`] | an operation did not finish within its bound | yes |
+//! | [`Error::Unavailable`] | the store is closed, shut down or unreachable | once it is back |
+//!
+//! The error is `Clone` (sources are shared behind an `Arc`), so one failure
+//! can be handed to every waiter of a shared load.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A shared, thread-safe error source.
+pub type BoxError = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with scalekit's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong in a scalekit operation.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The backend engine reported an error, or the I/O to it failed.
+    #[error("{backend} backend failed during {operation}: {source}")]
+    Backend {
+        /// Which backend (`"sqlite"`, `"postgres"`, `"memory"`, or a user's name).
+        backend: &'static str,
+        /// The operation that failed (`"get"`, `"write_batch"`, …).
+        operation: &'static str,
+        /// The engine's own error.
+        #[source]
+        source: BoxError,
+    },
+    /// A key or value could not be encoded, or stored bytes could not be decoded.
+    #[error("cannot {direction} {part}: {source}")]
+    Codec {
+        /// `"encode"` or `"decode"`.
+        direction: CodecDirection,
+        /// `"key"` or `"value"`.
+        part: &'static str,
+        /// What the codec reported.
+        #[source]
+        source: BoxError,
+    },
+    /// A builder was given a configuration that cannot work.
+    #[error("invalid configuration of {component}: {reason}")]
+    Config {
+        /// The component being built (`"SqliteStore"`, `"FaultyStore"`, …).
+        component: &'static str,
+        /// What is wrong, in words a user can act on.
+        reason: String,
+    },
+    /// An operation did not finish within its time bound.
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        /// The operation that timed out.
+        operation: &'static str,
+        /// How long it was given.
+        after: Duration,
+    },
+    /// The store is closed, shut down or cannot be reached.
+    #[error("{component} is unavailable: {reason}")]
+    Unavailable {
+        /// The component that is unavailable.
+        component: &'static str,
+        /// Why (closed, connection refused, …).
+        reason: String,
+        /// The underlying error, where there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+/// The direction of a failed codec operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CodecDirection {
+    /// Turning a Rust value into stored bytes.
+    Encode,
+    /// Turning stored bytes back into a Rust value.
+    Decode,
+}
+
+impl fmt::Display for CodecDirection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CodecDirection::Encode => "encode",
+            CodecDirection::Decode => "decode",
+        })
+    }
+}
+
+impl Error {
+    /// A backend error from any engine error.
+    pub fn backend<E>(backend: &'static str, operation: &'static str, source: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        Error::Backend {
+            backend,
+            operation,
+            source: Arc::new(source),
+        }
+    }
+
+    /// A configuration error.
+    pub fn config(component: &'static str, reason: impl Into<String>) -> Self {
+        Error::Config {
+            component,
+            reason: reason.into(),
+        }
+    }
+
+    /// An unavailability error without an underlying source.
+    pub fn unavailable(component: &'static str, reason: impl Into<String>) -> Self {
+        Error::Unavailable {
+            component,
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// A codec error.
+    pub fn codec<E>(direction: CodecDirection, part: &'static str, source: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        Error::Codec {
+            direction,
+            part,
+            source: Arc::new(source),
+        }
+    }
+
+    /// Whether retrying the same operation later may succeed
+    /// (backend, timeout and unavailability errors).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Backend { .. } | Error::Timeout { .. } | Error::Unavailable { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync_static<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn error_is_send_sync_static_and_clone() {
+        assert_send_sync_static::<Error>();
+        let e = Error::config("Thing", "capacity must be at least 1");
+        let cloned = e.clone();
+        assert_eq!(
+            cloned.to_string(),
+            "invalid configuration of Thing: capacity must be at least 1"
+        );
+        assert!(!e.is_transient());
+    }
+
+    #[test]
+    fn sources_are_exposed() {
+        let io = std::io::Error::other("disk on fire");
+        let e = Error::backend("sqlite", "put", io);
+        assert!(e.is_transient());
+        let source = std::error::Error::source(&e).expect("source");
+        assert_eq!(source.to_string(), "disk on fire");
+        assert_eq!(e.to_string(), "sqlite backend failed during put: disk on fire");
+    }
+}

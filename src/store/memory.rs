@@ -1,0 +1,132 @@
+//! The in-memory backend.
+
+use std::fmt;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+
+use super::{Store, Write};
+use crate::{Position, Result};
+
+/// A concurrent in-memory store: a sharded hash map plus a write counter
+/// that serves as its [`Position`].
+///
+/// Reads take a shard read lock and clone the value; nothing is allocated
+/// per call beyond that clone. `write_batch` cannot fail half-way, but it
+/// is not isolated: a concurrent reader may observe part of a batch.
+///
+/// ```
+/// use scalekit::{MemoryStore, Store};
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let users = MemoryStore::<u64, String>::new();
+/// let p1 = users.put(1, "ada".into()).await?;
+/// let p2 = users.put(2, "grace".into()).await?;
+/// assert!(p2 > p1);
+/// assert_eq!(users.get(&1).await?, Some("ada".into()));
+/// # scalekit::Result::Ok(()) }).unwrap();
+/// ```
+pub struct MemoryStore<K, V> {
+    map: DashMap<K, V>,
+    position: AtomicU64,
+}
+
+impl<K: Eq + Hash, V> MemoryStore<K, V> {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryStore {
+            map: DashMap::new(),
+            position: AtomicU64::new(0),
+        }
+    }
+
+    /// An empty store with room for `capacity` entries before it grows.
+    pub fn with_capacity(capacity: usize) -> Self {
+        MemoryStore {
+            map: DashMap::with_capacity(capacity),
+            position: AtomicU64::new(0),
+        }
+    }
+
+    /// How many keys are stored.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no key is stored.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The position of the last write (zero before the first).
+    pub fn position(&self) -> Position {
+        Position::new(self.position.load(Ordering::Acquire))
+    }
+
+    fn advance(&self) -> Position {
+        Position::new(self.position.fetch_add(1, Ordering::AcqRel) + 1)
+    }
+}
+
+impl<K: Eq + Hash, V> Default for MemoryStore<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Eq + Hash, V> fmt::Debug for MemoryStore<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("len", &self.map.len())
+            .field("position", &self.position())
+            .finish()
+    }
+}
+
+impl<K, V> Store for MemoryStore<K, V>
+where
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    type Key = K;
+    type Value = V;
+
+    async fn get(&self, key: &K) -> Result<Option<V>> {
+        Ok(self.map.get(key).map(|entry| entry.value().clone()))
+    }
+
+    async fn put(&self, key: K, value: V) -> Result<Position> {
+        self.map.insert(key, value);
+        Ok(self.advance())
+    }
+
+    async fn delete(&self, key: &K) -> Result<Position> {
+        self.map.remove(key);
+        Ok(self.advance())
+    }
+
+    async fn get_many(&self, keys: &[K]) -> Result<Vec<Option<V>>> {
+        Ok(keys
+            .iter()
+            .map(|key| self.map.get(key).map(|entry| entry.value().clone()))
+            .collect())
+    }
+
+    async fn write_batch(&self, batch: Vec<Write<K, V>>) -> Result<Position> {
+        if batch.is_empty() {
+            return Ok(self.position());
+        }
+        for write in batch {
+            match write {
+                Write::Put(key, value) => {
+                    self.map.insert(key, value);
+                }
+                Write::Delete(key) => {
+                    self.map.remove(&key);
+                }
+            }
+        }
+        Ok(self.advance())
+    }
+}

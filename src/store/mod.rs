@@ -1,0 +1,231 @@
+//! The storage abstraction every pattern is built on.
+//!
+//! # Which store for which job
+//!
+//! | you have | use |
+//! |---|---|
+//! | tests, prototypes, a process-local table | [`MemoryStore`] |
+//! | one machine, data that must survive a restart, no server | [`SqliteStore`](crate::store::SqliteStore) (feature `sqlite`, on by default) |
+//! | a shared database server | [`PostgresStore`](crate::store::PostgresStore) (feature `postgres`) |
+//! | your own backend | implement [`Store`] for it (below) |
+//! | stores of different types in one collection, or a plugin chosen at run time | [`DynStore`] behind an `Arc<dyn DynStore<..>>`, which is itself a [`Store`] |
+//!
+//! Every scaling pattern in scalekit is a *layer*: it wraps one store (or
+//! several) and is itself a [`Store`], so layers stack the way tower
+//! middleware does.
+//!
+//! # Contract
+//!
+//! A [`Store`] implementation promises, for one store instance:
+//!
+//! - **Read after write.** Once `put`, `delete` or `write_batch` has returned
+//!   `Ok`, every later `get` or `get_many` *on the same store value* sees that
+//!   write (or a later one). Layers that relax this (a replica routed read,
+//!   say) document it and offer a [`Position`] to demand it back.
+//! - **Positions grow.** Each successful write resolves to the store's
+//!   [`Position`] after that write. A write that starts after another has
+//!   returned gets a position at least as large, and two writes made one
+//!   after the other get strictly increasing positions. Positions of
+//!   different stores are not comparable.
+//! - **Batches are ordered.** `write_batch` applies its operations as if one
+//!   after another in the order given, so the last operation on a key wins.
+//!   `get_many` returns one entry per requested key, in the requested order,
+//!   duplicates included.
+//! - **Batch atomicity is stated by each backend.** The SQL backends apply a
+//!   batch in one transaction: all of it or none of it, and no reader sees
+//!   half of it. [`MemoryStore`] cannot fail half-way, but a concurrent
+//!   reader may see part of a batch while it is being applied. The default
+//!   `write_batch` (one write after another) is neither: on an error, a prefix
+//!   of the batch may already be applied. Because every operation is a put
+//!   or a delete, retrying a whole batch is always safe.
+//! - **Errors mean "not known to have happened".** An `Err` from a write means
+//!   the store cannot confirm the write: it may or may not have been applied
+//!   (a connection can drop after the commit). A read error changes nothing.
+//!   Errors are typed ([`Error`](crate::Error)): bad stored data is
+//!   [`Error::Codec`](crate::Error::Codec), a closed or unreachable store is
+//!   [`Error::Unavailable`](crate::Error::Unavailable), an engine failure is
+//!   [`Error::Backend`](crate::Error::Backend). Nothing panics on bad data.
+//! - **Cancellation is safe.** Dropping a future returned by a store leaves
+//!   the store usable; a dropped write may or may not have been applied.
+//! - **Deleting an absent key is not an error.**
+//!
+//! The conformance suite in `scalekit::testing` (feature `testing`) checks
+//! these promises; run it on your own backend.
+//!
+//! # Static and dynamic dispatch
+//!
+//! [`Store`] uses native `async fn` in traits, so a call through a concrete
+//! type (or a generic layer over one) allocates nothing: a [`MemoryStore`]
+//! hit costs what the hash map lookup costs. Such a trait cannot be a
+//! `dyn` object, so [`DynStore`] is its object-safe twin (through
+//! `async-trait`, one boxed future per call). Every `Store` is a `DynStore`,
+//! and `Arc<dyn DynStore<Key = K, Value = V>>` and `Box<dyn …>` are `Store`s,
+//! so boxed stores compose with every layer.
+//!
+//! # Implementing `Store` for your own backend
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use std::sync::Mutex;
+//! use scalekit::{Position, Result, Store};
+//!
+//! /// A toy backend: a mutex around a map, counting writes as positions.
+//! #[derive(Debug, Default)]
+//! struct MyBackend {
+//!     rows: Mutex<(HashMap<u64, String>, u64)>,
+//! }
+//!
+//! impl Store for MyBackend {
+//!     type Key = u64;
+//!     type Value = String;
+//!
+//!     async fn get(&self, key: &u64) -> Result<Option<String>> {
+//!         Ok(self.rows.lock().unwrap().0.get(key).cloned())
+//!     }
+//!     async fn put(&self, key: u64, value: String) -> Result<Position> {
+//!         let mut rows = self.rows.lock().unwrap();
+//!         rows.0.insert(key, value);
+//!         rows.1 += 1;
+//!         Ok(Position::new(rows.1))
+//!     }
+//!     async fn delete(&self, key: &u64) -> Result<Position> {
+//!         let mut rows = self.rows.lock().unwrap();
+//!         rows.0.remove(key);
+//!         rows.1 += 1;
+//!         Ok(Position::new(rows.1))
+//!     }
+//!     // get_many and write_batch have default implementations;
+//!     // override them when the backend can do a batch in one round trip.
+//! }
+//! ```
+
+mod dyn_store;
+mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+mod write;
+
+pub use dyn_store::DynStore;
+pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresStore, PostgresStoreBuilder};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteStore, SqliteStoreBuilder, Synchronous};
+pub use write::Write;
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use crate::{Position, Result};
+
+/// An async key-value store: the one abstraction every scalekit layer wraps
+/// and implements. Read the [module docs](self) for the contract.
+pub trait Store: Debug + Send + Sync + 'static {
+    /// The key type.
+    type Key: Clone + Eq + Hash + Send + Sync + 'static;
+    /// The value type.
+    type Value: Clone + Send + Sync + 'static;
+
+    /// Reads one key; `Ok(None)` when it is absent.
+    fn get(&self, key: &Self::Key) -> impl Future<Output = Result<Option<Self::Value>>> + Send;
+
+    /// Writes one key, replacing any previous value. Resolves to the store's
+    /// position after the write.
+    fn put(
+        &self,
+        key: Self::Key,
+        value: Self::Value,
+    ) -> impl Future<Output = Result<Position>> + Send;
+
+    /// Removes one key (absent keys are fine). Resolves to the store's
+    /// position after the write.
+    fn delete(&self, key: &Self::Key) -> impl Future<Output = Result<Position>> + Send;
+
+    /// Reads many keys: one entry per requested key, in order, duplicates
+    /// included. The default calls [`get`](Store::get) once per key; backends
+    /// override it with one round trip.
+    fn get_many(
+        &self,
+        keys: &[Self::Key],
+    ) -> impl Future<Output = Result<Vec<Option<Self::Value>>>> + Send {
+        async move {
+            let mut values = Vec::with_capacity(keys.len());
+            for key in keys {
+                values.push(self.get(key).await?);
+            }
+            Ok(values)
+        }
+    }
+
+    /// Applies puts and deletes in order (the last operation on a key wins)
+    /// and resolves to the position after the last of them; an empty batch
+    /// resolves to [`Position::ZERO`] or the current position. The default
+    /// applies them one at a time and is **not atomic**; backends override it
+    /// with one transaction and say so. See the [contract](self#contract).
+    fn write_batch(
+        &self,
+        batch: Vec<Write<Self::Key, Self::Value>>,
+    ) -> impl Future<Output = Result<Position>> + Send {
+        async move {
+            let mut position = Position::ZERO;
+            for write in batch {
+                position = match write {
+                    Write::Put(key, value) => self.put(key, value).await?,
+                    Write::Delete(key) => self.delete(&key).await?,
+                };
+            }
+            Ok(position)
+        }
+    }
+
+    /// Puts this store behind an `Arc<dyn DynStore>`, erasing its type.
+    /// The result is itself a [`Store`].
+    fn into_dyn(self) -> Arc<dyn DynStore<Key = Self::Key, Value = Self::Value>>
+    where
+        Self: Sized,
+    {
+        Arc::new(self)
+    }
+}
+
+/// A shared store is a store: layers and tasks can hold the same backend.
+impl<S: Store> Store for Arc<S> {
+    type Key = S::Key;
+    type Value = S::Value;
+
+    fn get(&self, key: &Self::Key) -> impl Future<Output = Result<Option<Self::Value>>> + Send {
+        S::get(self, key)
+    }
+
+    fn put(
+        &self,
+        key: Self::Key,
+        value: Self::Value,
+    ) -> impl Future<Output = Result<Position>> + Send {
+        S::put(self, key, value)
+    }
+
+    fn delete(&self, key: &Self::Key) -> impl Future<Output = Result<Position>> + Send {
+        S::delete(self, key)
+    }
+
+    fn get_many(
+        &self,
+        keys: &[Self::Key],
+    ) -> impl Future<Output = Result<Vec<Option<Self::Value>>>> + Send {
+        S::get_many(self, keys)
+    }
+
+    fn write_batch(
+        &self,
+        batch: Vec<Write<Self::Key, Self::Value>>,
+    ) -> impl Future<Output = Result<Position>> + Send {
+        S::write_batch(self, batch)
+    }
+}

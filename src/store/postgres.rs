@@ -1,0 +1,373 @@
+//! The PostgreSQL backend (feature `postgres`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::types::PgLsn;
+use tokio_postgres::NoTls;
+
+use super::sql::{self, EncodedBatch};
+use super::{Store, Write};
+use crate::codec::Codec;
+use crate::{Error, Position, Result};
+
+const COMPONENT: &str = "PostgresStore";
+
+/// The SQL of one store's table.
+#[derive(Debug)]
+struct Statements {
+    get: String,
+    get_many: String,
+    put: String,
+    delete: String,
+    batch: String,
+}
+
+impl Statements {
+    fn new(table: &str) -> Self {
+        let upsert = format!(
+            "INSERT INTO \"{table}\" (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+             ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v"
+        );
+        Statements {
+            get: format!("SELECT v FROM \"{table}\" WHERE k = $1"),
+            get_many: format!("SELECT k, v FROM \"{table}\" WHERE k = ANY($1)"),
+            put: format!(
+                "INSERT INTO \"{table}\" (k, v) VALUES ($1, $2) \
+                 ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v"
+            ),
+            delete: format!("DELETE FROM \"{table}\" WHERE k = $1"),
+            // One statement is one transaction: the deletes and the upserts
+            // (disjoint keys after coalescing) commit together or not at all.
+            batch: format!(
+                "WITH deleted AS (DELETE FROM \"{table}\" WHERE k = ANY($3)) {upsert}"
+            ),
+        }
+    }
+}
+
+/// The position after a commit: the WAL insert position, read on the same
+/// connection right after the write (pipelined, so it costs no extra round
+/// trip). It is past the write's commit record, so a replica that has
+/// replayed up to it sees the write.
+const POSITION_SQL: &str = "SELECT pg_current_wal_insert_lsn()";
+
+/// A store in one table of a PostgreSQL database, over a connection pool.
+///
+/// Keys and values are stored as `bytea` through their [`Codec`]; the table
+/// has two columns, `k` (the primary key) and `v`. Every batch is one
+/// statement, so one transaction, and one round trip however many keys it
+/// holds; `get_many` is one `= ANY($1)` query. Positions are PostgreSQL WAL
+/// positions (LSNs), the numbers a replica reports as replayed, so a write's
+/// position can be compared with `pg_last_wal_replay_lsn()` on a replica.
+///
+/// ```no_run
+/// use scalekit::store::PostgresStore;
+/// use scalekit::Store;
+///
+/// # async fn demo() -> scalekit::Result<()> {
+/// let users: PostgresStore<u64, String> = PostgresStore::builder()
+///     .url("postgres://postgres@127.0.0.1:5432/test")
+///     .table("users")
+///     .pool_size(8)
+///     .build()
+///     .await?;
+/// users.put(1, "ada".to_string()).await?;
+/// # Ok(()) }
+/// ```
+pub struct PostgresStore<K, V> {
+    pool: Pool,
+    table: String,
+    statements: Arc<Statements>,
+    types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> fmt::Debug for PostgresStore<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = self.pool.status();
+        f.debug_struct("PostgresStore")
+            .field("table", &self.table)
+            .field("pool_size", &status.size)
+            .field("pool_max", &status.max_size)
+            .field("pool_available", &status.available)
+            .finish()
+    }
+}
+
+fn backend(operation: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
+    move |source| {
+        if source.is_closed() {
+            Error::Unavailable {
+                component: COMPONENT,
+                reason: format!("the connection closed during {operation}"),
+                source: Some(Arc::new(source)),
+            }
+        } else {
+            Error::backend("postgres", operation, source)
+        }
+    }
+}
+
+impl<K, V> PostgresStore<K, V> {
+    /// Starts configuring a store.
+    pub fn builder() -> PostgresStoreBuilder<K, V> {
+        PostgresStoreBuilder {
+            url: None,
+            table: "scalekit_kv".to_string(),
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(5),
+            wait_timeout: Duration::from_secs(30),
+            types: PhantomData,
+        }
+    }
+
+    /// The table this store owns.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Closes the pool: connections are closed as they come back, and later
+    /// calls get [`Error::Unavailable`].
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
+    async fn connection(&self) -> Result<Object> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Runs one write statement and reads the position after it, pipelined.
+    async fn write(
+        &self,
+        operation: &'static str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Position> {
+        let client = self.connection().await?;
+        let statement = client.prepare_cached(sql).await.map_err(backend(operation))?;
+        let position = client
+            .prepare_cached(POSITION_SQL)
+            .await
+            .map_err(backend(operation))?;
+        let (written, lsn) = tokio::join!(
+            client.execute(&statement, params),
+            client.query_one(&position, &[])
+        );
+        written.map_err(backend(operation))?;
+        let lsn: PgLsn = lsn.map_err(backend(operation))?.get(0);
+        Ok(Position::new(u64::from(lsn)))
+    }
+}
+
+fn pool_error(error: PoolError) -> Error {
+    match error {
+        PoolError::Timeout(kind) => Error::Unavailable {
+            component: COMPONENT,
+            reason: format!("no connection within the pool's time limit ({kind:?})"),
+            source: None,
+        },
+        PoolError::Closed => Error::unavailable(COMPONENT, "the store is closed"),
+        PoolError::Backend(source) => Error::Unavailable {
+            component: COMPONENT,
+            reason: "cannot connect to PostgreSQL".to_string(),
+            source: Some(Arc::new(source)),
+        },
+        other => Error::Unavailable {
+            component: COMPONENT,
+            reason: other.to_string(),
+            source: None,
+        },
+    }
+}
+
+impl<K, V> Store for PostgresStore<K, V>
+where
+    K: Codec + Clone + Eq + Hash,
+    V: Codec + Clone,
+{
+    type Key = K;
+    type Value = V;
+
+    async fn get(&self, key: &K) -> Result<Option<V>> {
+        let key = sql::encode("key", key)?;
+        let client = self.connection().await?;
+        let statement = client
+            .prepare_cached(&self.statements.get)
+            .await
+            .map_err(backend("get"))?;
+        let row = client
+            .query_opt(&statement, &[&key])
+            .await
+            .map_err(backend("get"))?;
+        row.map(|row| {
+            let bytes: &[u8] = row.try_get(0).map_err(backend("get"))?;
+            sql::decode("value", bytes)
+        })
+        .transpose()
+    }
+
+    async fn put(&self, key: K, value: V) -> Result<Position> {
+        let key = sql::encode("key", &key)?;
+        let value = sql::encode("value", &value)?;
+        self.write("put", &self.statements.put, &[&key, &value]).await
+    }
+
+    async fn delete(&self, key: &K) -> Result<Position> {
+        let key = sql::encode("key", key)?;
+        self.write("delete", &self.statements.delete, &[&key]).await
+    }
+
+    async fn get_many(&self, keys: &[K]) -> Result<Vec<Option<V>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encoded = sql::encode_keys(keys)?;
+        let client = self.connection().await?;
+        let statement = client
+            .prepare_cached(&self.statements.get_many)
+            .await
+            .map_err(backend("get_many"))?;
+        let rows = client
+            .query(&statement, &[&encoded])
+            .await
+            .map_err(backend("get_many"))?;
+        let mut found: HashMap<Vec<u8>, Vec<u8>> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let key: Vec<u8> = row.try_get(0).map_err(backend("get_many"))?;
+            let value: Vec<u8> = row.try_get(1).map_err(backend("get_many"))?;
+            found.insert(key, value);
+        }
+        let values = encoded.iter().map(|key| found.get(key).cloned()).collect();
+        sql::decode_values(values)
+    }
+
+    async fn write_batch(&self, batch: Vec<Write<K, V>>) -> Result<Position> {
+        let batch = EncodedBatch::new(batch)?;
+        if batch.is_empty() {
+            return Ok(Position::ZERO);
+        }
+        self.write(
+            "write_batch",
+            &self.statements.batch,
+            &[&batch.put_keys, &batch.put_values, &batch.delete_keys],
+        )
+        .await
+    }
+}
+
+/// Configures and connects a [`PostgresStore`]; see [`PostgresStore::builder`].
+pub struct PostgresStoreBuilder<K, V> {
+    url: Option<String>,
+    table: String,
+    pool_size: usize,
+    connect_timeout: Duration,
+    wait_timeout: Duration,
+    types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> fmt::Debug for PostgresStoreBuilder<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStoreBuilder")
+            .field("url", &self.url.as_ref().map(|_| "<set>"))
+            .field("table", &self.table)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("wait_timeout", &self.wait_timeout)
+            .finish()
+    }
+}
+
+impl<K, V> PostgresStoreBuilder<K, V> {
+    /// The connection string, as a URL (`postgres://user@host:port/db`) or
+    /// in key-value form (`host=… user=… dbname=…`).
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// The table to store into (default `scalekit_kv`): a plain identifier.
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// The most connections the pool opens (default 16).
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// How long opening one connection may take (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a call waits for a free pooled connection (default 30 s).
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait_timeout = timeout;
+        self
+    }
+
+    /// Validates the configuration, connects, creates the table if needed
+    /// and returns the store.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a missing or unparsable URL, a bad table name,
+    /// a pool size of 0 or a zero timeout; [`Error::Unavailable`] when the
+    /// server cannot be reached; [`Error::Backend`] when the table cannot be
+    /// created.
+    pub async fn build(self) -> Result<PostgresStore<K, V>> {
+        let url = self
+            .url
+            .ok_or_else(|| Error::config(COMPONENT, "no connection string: call .url(..)"))?;
+        sql::validate_table_name(COMPONENT, &self.table)?;
+        if self.pool_size == 0 {
+            return Err(Error::config(COMPONENT, "the pool size must be at least 1"));
+        }
+        if self.connect_timeout.is_zero() || self.wait_timeout.is_zero() {
+            return Err(Error::config(COMPONENT, "timeouts must be longer than zero"));
+        }
+        let mut pg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+            Error::config(COMPONENT, format!("cannot parse the connection string: {e}"))
+        })?;
+        pg.connect_timeout(self.connect_timeout);
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(self.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(self.wait_timeout))
+            .create_timeout(Some(self.connect_timeout))
+            .build()
+            .map_err(|e| Error::config(COMPONENT, e.to_string()))?;
+
+        let client = pool.get().await.map_err(pool_error)?;
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS \"{}\" (k bytea PRIMARY KEY, v bytea NOT NULL)",
+                self.table
+            ))
+            .await
+            .map_err(backend("create table"))?;
+        drop(client);
+
+        Ok(PostgresStore {
+            pool,
+            statements: Arc::new(Statements::new(&self.table)),
+            table: self.table,
+            types: PhantomData,
+        })
+    }
+}

@@ -1,0 +1,345 @@
+//! The conformance suite: what every [`Store`] must do.
+//!
+//! Each function checks one promise of the [store contract](crate::store#contract)
+//! and panics with a message naming it when the store breaks it. They use
+//! disjoint key ranges and clean up after themselves, so they can run one
+//! after another on one store; [`run_all`] runs them all.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::Sample;
+use crate::store::{Store, Write};
+use crate::Position;
+
+/// Each check's key range starts at its own multiple of this.
+const RANGE: u64 = 1_000_000;
+
+fn key<S: Store>(check: u64, n: u64) -> S::Key
+where
+    S::Key: Sample,
+{
+    S::Key::sample(check * RANGE + n)
+}
+
+fn value<S: Store>(n: u64) -> S::Value
+where
+    S::Value: Sample,
+{
+    S::Value::sample(n)
+}
+
+/// Runs every check of the suite on `store`, one after another.
+pub async fn run_all<S>(store: Arc<S>)
+where
+    S: Store,
+    S::Key: Sample,
+    S::Value: Sample,
+{
+    put_get_delete(&*store).await;
+    overwrite(&*store).await;
+    absent_keys(&*store).await;
+    edge_cases(&*store).await;
+    get_many_semantics(&*store).await;
+    write_batch_semantics(&*store).await;
+    positions_grow(&*store).await;
+    large_values(&*store).await;
+    concurrent_writers_on_distinct_keys(Arc::clone(&store)).await;
+    concurrent_writers_on_shared_keys(store).await;
+}
+
+/// A put is read back; a delete makes the key absent.
+pub async fn put_get_delete<S>(store: &S)
+where
+    S: Store,
+    S::Key: Sample,
+    S::Value: Sample,
+{
+    let k = key::<S>(1, 0);
+    let v = value::<S>(7);
+    store.put(k.clone(), v.clone()).await.expect("put");
+    assert_eq!(store.get(&k).await.expect("get"), Some(v), "read after put");
+    store.delete(&k).await.expect("delete");
+    assert_eq!(store.get(&k).await.expect("get"), None, "read after delete");
+}
+
+/// A second put replaces the first.
+pub async fn overwrite<S>(store: &S)
+where
+    S: Store,
+    S::Key: Sample,
+    S::Value: Sample,
+{
+    let k = key::<S>(2, 0);
+    store.put(k.clone(), value::<S>(1)).await.expect("first put");
+    store.put(k.clone(), value::<S>(2)).await.expect("second put");
+    assert_eq!(store.get(&k).await.expect("get"), Some(value::<S>(2)), "last put wins");
+    store.delete(&k).await.expect("delete");
+}
+
+/// Absent keys read as `None`, and deleting one is not an error.
+pub async fn absent_keys<S>(store: &S)
+where
+    S: Store,
+    S::Key: Sample,
+    S::Value: Sample,
+{
+    let k = key::<S>(3, 0);
+    assert_eq!(store.get(&k).await.expect("get of an absent key"), None);
+    store.delete(&k).await.expect("deleting an absent key is not an error");
+    store.delete(&k).await.expect("deleting it twice is not an error either");
+    assert_eq!(store.get(&k).await.expect("get"), None);
+}
+
+/// Awkward keys and values (empty, extremes, non-ASCII, SQL-looking) are
+/// stored faithfully, and distinct keys stay distinct.
+pub async fn edge_cases<S>(store: &S)
+where
+    S: Store,
+    S::Key: Sample,
+    S::Value: Sample,
+{
+    let mut keys: Vec<S::Key> = Vec::new();
+    for k in S::Key::edge_cases() {
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let values = S::Value::edge_cases();
+    for (i, k) in keys.iter().enumerate() {
+        let v = values[i % values.len()].clone();
+        store.put(k.clone(), v).await.expect("put of an edge-case key");
+    }
+    for (i, k) in keys.iter().enumerate() {
+        let expected = values[i % values.len()].clone();
+        assert_eq!(
+            store.get(k).await.expect("get of an edge-case key"),
+            Some(expected),
+            "edge-case key {k:?} reads back what was written"
+        );
+    }
+    for v in &values {
+        let k = key::<S>(4, 0);
+        store.put(k.clone(), v.clone()).await.expect("put of an edge-case value");
+        assert_eq!(store.get(&k).await.expect("get"), Some(v.clone()), "edge-case value");
+    }
+    for k in keys.iter().chain([&key::<S>(4, 0)]) {
+        store.delete(k).await.expect("delete");
+    }
+}
+
+/// `get_many` answers one entry per key, in order, with duplicates and
+/// absent keys, and an empty request gets an empty answer.
+pub async fn get_many_semantics<S>(store: &S)
+where
+    S: Store,
+    S::Key: Sample,
+    S::Value: Sample,
+{
+    let (a, b, absent) = (key::<S>(5, 0), key::<S>(5, 1), key::<S>(5, 2));
+    store.put(a.clone(), value::<S>(10)).await.expect("put");
+    store.put(b.clone(), value::<S>(11)).await.expect("put");
+    let got = store
+        .get_many(&[b.clone(), absent.clone(), a.clone(), b.clone()])
+        .await
+        .expect("get_many");
+    assert_eq!(
+        got,
+        vec![Some(value::<S>(11)), None, Some(value::<S>(10)), Some(value::<S>(11))],
+        "get_many keeps order and duplicates"
+    );
+    assert!(store.get_many(&[]).await.expect("empty get_many").is_empty());
+    let many: Vec<S::Key> = (100..400).map(|n| key::<S>(5, n)).collect();
+    let answers = store.get_many(&many).await.expect("get_many of 300 keys");
+    assert_eq!(answers.len(), many.len());
+    assert!(answers.iter().all(Option::is_none));
+    store.write_batch(vec![Write::Delete(a), Write::Delete(b)]).await.expect("cleanup");
+}
+
+/// `write_batch` applies puts and deletes in order (the last operation on a
+/// key wins), and an empty batch is accepted.
+pub async fn write_batch_semantics<S>(store: &S)
+where
+    S: Store,
+    S::Key: Sample,
+    S::Value: Sample,
+{
+    let (a, b, c) = (key::<S>(6, 0), key::<S>(6, 1), key::<S>(6, 2));
+    store.put(c.clone(), value::<S>(1)).await.expect("put");
+    store
+        .write_batch(vec![
+            Write::Put(a.clone(), value::<S>(1)),
+            Write::Put(b.clone(), value::<S>(2)),
+            Write::Delete(a.clone()),
+            Write::Put(a.clone(), value::<S>(3)),
+            Write::Delete(c.clone()),
+            Write::Put(b.clone(), value::<S>(4)),
+            Write::Delete(b.clone()),
+            Write::Put(b.clone(), value::<S>(5)),
+        ])
+        .await
+        .expect("write_batch");
+    assert_eq!(
+        store.get_many(&[a.clone(), b.clone(), c.clone()]).await.expect("get_many"),
+        vec![Some(value::<S>(3)), Some(value::<S>(5)), None],
+        "the last operation on each key wins"
+    );
+    store.write_batch(Vec::new()).await.expect("an empty batch is accepted");
+    let big: Vec<Write<S::Key, S::Value>> = (0..500)
+        .map(|n| Write::Put(key::<S>(6, 100 + n), value::<S>(n)))
+        .collect();
+    store.write_batch(big).await.expect("a batch of 500 puts");
+    let keys: Vec<S::Key> = (0..500).map(|n| key::<S>(6, 100 + n)).collect();
+    let got = store.get_many(&keys).await.expect("get_many");
+    assert!(
+        got.iter().enumerate().all(|(n, v)| *v == Some(value::<S>(n as u64))),
+        "every put of a large batch is applied"
+    );
+    let cleanup = keys
+        .into_iter()
+        .chain([a, b, c])
+        .map(Write::Delete)
+        .collect();
+    store.write_batch(cleanup).await.expect("a batch of deletes");
+}
+
+/// Writes made one after another get strictly increasing positions.
+pub async fn positions_grow<S>(store: &S)
+where
+    S: Store,
+    S::Key: Sample,
+    S::Value: Sample,
+{
+    let k = key::<S>(7, 0);
+    let mut last = Position::ZERO;
+    for n in 0..5 {
+        let p = store.put(k.clone(), value::<S>(n)).await.expect("put");
+        assert!(p > last, "put position {p} is after the previous write's {last}");
+        last = p;
+    }
+    let p = store
+        .write_batch(vec![Write::Put(k.clone(), value::<S>(9))])
+        .await
+        .expect("write_batch");
+    assert!(p > last, "batch position {p} is after {last}");
+    let p2 = store.delete(&k).await.expect("delete");
+    assert!(p2 > p, "delete position {p2} is after {p}");
+}
+
+/// A value of 1 MiB (for types that can be that large) round-trips intact.
+pub async fn large_values<S>(store: &S)
+where
+    S: Store,
+    S::Key: Sample,
+    S::Value: Sample,
+{
+    let k = key::<S>(8, 0);
+    let big = S::Value::sample_large(3, 1 << 20);
+    store.put(k.clone(), big.clone()).await.expect("put of a large value");
+    assert!(
+        store.get(&k).await.expect("get of a large value") == Some(big),
+        "a large value reads back intact"
+    );
+    store.delete(&k).await.expect("delete");
+}
+
+/// Many tasks writing distinct keys at once lose none of their writes.
+pub async fn concurrent_writers_on_distinct_keys<S>(store: Arc<S>)
+where
+    S: Store,
+    S::Key: Sample,
+    S::Value: Sample,
+{
+    const WRITERS: u64 = 8;
+    const EACH: u64 = 40;
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for n in 0..EACH {
+                    let id = w * EACH + n;
+                    store.put(key::<S>(9, id), value::<S>(id)).await.expect("concurrent put");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("writer task");
+    }
+    let keys: Vec<S::Key> = (0..WRITERS * EACH).map(|id| key::<S>(9, id)).collect();
+    let got = store.get_many(&keys).await.expect("get_many");
+    for (id, v) in got.iter().enumerate() {
+        assert_eq!(v, &Some(value::<S>(id as u64)), "write {id} of a concurrent writer");
+    }
+    store
+        .write_batch(keys.into_iter().map(Write::Delete).collect())
+        .await
+        .expect("cleanup");
+}
+
+/// Many tasks writing the same keys at once, with readers alongside: every
+/// read sees absent or a value some writer wrote (nothing torn), each
+/// writer's positions grow, and after a final write every key holds it.
+pub async fn concurrent_writers_on_shared_keys<S>(store: Arc<S>)
+where
+    S: Store,
+    S::Key: Sample,
+    S::Value: Sample,
+{
+    const WRITERS: u64 = 6;
+    const ROUNDS: u64 = 25;
+    const KEYS: u64 = 4;
+    let written = |k: u64| -> HashSet<u64> {
+        (0..WRITERS)
+            .flat_map(|w| (0..ROUNDS).map(move |r| 1_000 * (w + 1) + r * KEYS + k))
+            .collect()
+    };
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut last = Position::ZERO;
+                for r in 0..ROUNDS {
+                    for k in 0..KEYS {
+                        let v = 1_000 * (w + 1) + r * KEYS + k;
+                        let p = store.put(key::<S>(10, k), value::<S>(v)).await.expect("put");
+                        assert!(p > last, "a writer's own positions grow");
+                        last = p;
+                    }
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for _ in 0..ROUNDS {
+                    for k in 0..KEYS {
+                        seen.push((k, store.get(&key::<S>(10, k)).await.expect("get")));
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer task");
+    }
+    for reader in readers {
+        for (k, v) in reader.await.expect("reader task") {
+            if let Some(v) = v {
+                let legal = written(k).iter().any(|n| value::<S>(*n) == v);
+                assert!(legal, "a concurrent read saw a value nobody wrote: {v:?}");
+            }
+        }
+    }
+    for k in 0..KEYS {
+        let v = store.get(&key::<S>(10, k)).await.expect("get").expect("present");
+        assert!(written(k).iter().any(|n| value::<S>(*n) == v), "final value was written");
+        store.put(key::<S>(10, k), value::<S>(5)).await.expect("final put");
+        assert_eq!(store.get(&key::<S>(10, k)).await.expect("get"), Some(value::<S>(5)));
+        store.delete(&key::<S>(10, k)).await.expect("delete");
+    }
+}

@@ -1,0 +1,333 @@
+//! A store wrapper that injects faults and counts calls.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::store::{Store, Write};
+use crate::{Error, Position, Result};
+
+const COMPONENT: &str = "FaultyStore";
+const INJECTED: &str = "injected fault";
+
+/// One kind of [`Store`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// [`Store::get`].
+    Get,
+    /// [`Store::put`].
+    Put,
+    /// [`Store::delete`].
+    Delete,
+    /// [`Store::get_many`].
+    GetMany,
+    /// [`Store::write_batch`].
+    WriteBatch,
+}
+
+impl Operation {
+    /// Every operation.
+    pub const ALL: [Operation; 5] = [
+        Operation::Get,
+        Operation::Put,
+        Operation::Delete,
+        Operation::GetMany,
+        Operation::WriteBatch,
+    ];
+    /// The operations that write.
+    pub const WRITES: [Operation; 3] = [Operation::Put, Operation::Delete, Operation::WriteBatch];
+    /// The operations that read.
+    pub const READS: [Operation; 2] = [Operation::Get, Operation::GetMany];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How many calls of each kind a [`FaultyStore`] saw (failed ones included),
+/// and how many of them it failed on purpose.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    /// `get` calls.
+    pub get: u64,
+    /// `put` calls.
+    pub put: u64,
+    /// `delete` calls.
+    pub delete: u64,
+    /// `get_many` calls.
+    pub get_many: u64,
+    /// `write_batch` calls.
+    pub write_batch: u64,
+    /// Calls failed by an injected fault.
+    pub injected_faults: u64,
+}
+
+impl CallCounts {
+    /// All calls of every kind.
+    pub fn total(&self) -> u64 {
+        self.get + self.put + self.delete + self.get_many + self.write_batch
+    }
+}
+
+/// Deterministic pseudo-random numbers (SplitMix64): the same seed gives the
+/// same faults on every machine and every version of every dependency.
+#[derive(Debug)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A [`Store`] wrapper for tests: adds latency, fails calls on a schedule,
+/// and counts calls per operation.
+///
+/// Injected faults happen *before* the inner store is called, so a failed
+/// write was certainly not applied; [`FaultyStore::is_injected`] tells an
+/// injected error from a real one.
+///
+/// ```
+/// use std::time::Duration;
+/// use scalekit::testing::{FaultyStore, Operation};
+/// use scalekit::{MemoryStore, Store};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// let store = FaultyStore::builder(MemoryStore::<u64, u64>::new())
+///     .fail_every(3)
+///     .on(&Operation::WRITES)
+///     .build()?;
+/// assert!(store.put(1, 1).await.is_ok());
+/// assert!(store.put(2, 2).await.is_ok());
+/// let third = store.put(3, 3).await.unwrap_err();
+/// assert!(FaultyStore::<MemoryStore<u64, u64>>::is_injected(&third));
+/// assert_eq!(store.get(&3).await?, None, "a failed write was not applied");
+/// assert_eq!(store.calls().put, 3);
+/// # scalekit::Result::Ok(()) }).unwrap();
+/// ```
+pub struct FaultyStore<S> {
+    inner: S,
+    latency: Duration,
+    fail_every: Option<u64>,
+    probability: f64,
+    rng: Mutex<SplitMix64>,
+    applies_to: [bool; 5],
+    fail_all: AtomicBool,
+    counts: [AtomicU64; 5],
+    /// Calls seen by the faults, for `fail_every`.
+    eligible_calls: AtomicU64,
+    injected: AtomicU64,
+}
+
+impl<S: fmt::Debug> fmt::Debug for FaultyStore<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultyStore")
+            .field("inner", &self.inner)
+            .field("latency", &self.latency)
+            .field("fail_every", &self.fail_every)
+            .field("probability", &self.probability)
+            .field("fail_all", &self.fail_all.load(Ordering::Relaxed))
+            .field("calls", &self.calls())
+            .finish()
+    }
+}
+
+impl<S> FaultyStore<S> {
+    /// Starts configuring faults around `inner`.
+    pub fn builder(inner: S) -> FaultyStoreBuilder<S> {
+        FaultyStoreBuilder {
+            inner,
+            latency: Duration::ZERO,
+            fail_every: None,
+            probability: None,
+            on: Operation::ALL.to_vec(),
+        }
+    }
+
+    /// Wraps `inner` with no faults: only counting (faults can be switched
+    /// on later with [`set_failing`](Self::set_failing)).
+    pub fn new(inner: S) -> Self {
+        FaultyStore {
+            inner,
+            latency: Duration::ZERO,
+            fail_every: None,
+            probability: 0.0,
+            rng: Mutex::new(SplitMix64(0)),
+            applies_to: [true; 5],
+            fail_all: AtomicBool::new(false),
+            counts: Default::default(),
+            eligible_calls: AtomicU64::new(0),
+            injected: AtomicU64::new(0),
+        }
+    }
+
+    /// While `true`, every call of the configured operations fails (an
+    /// outage); `false` restores the schedule.
+    pub fn set_failing(&self, failing: bool) {
+        self.fail_all.store(failing, Ordering::Release);
+    }
+
+    /// The calls counted so far.
+    pub fn calls(&self) -> CallCounts {
+        let count = |op: Operation| self.counts[op.index()].load(Ordering::Acquire);
+        CallCounts {
+            get: count(Operation::Get),
+            put: count(Operation::Put),
+            delete: count(Operation::Delete),
+            get_many: count(Operation::GetMany),
+            write_batch: count(Operation::WriteBatch),
+            injected_faults: self.injected.load(Ordering::Acquire),
+        }
+    }
+
+    /// The wrapped store.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the inner store.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// Whether `error` is one this wrapper injected.
+    pub fn is_injected(error: &Error) -> bool {
+        is_injected(error)
+    }
+
+    /// Counts the call, sleeps the latency, and decides whether it fails.
+    async fn enter(&self, op: Operation) -> Result<()> {
+        self.counts[op.index()].fetch_add(1, Ordering::AcqRel);
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        if !self.applies_to[op.index()] {
+            return Ok(());
+        }
+        let nth = self.eligible_calls.fetch_add(1, Ordering::AcqRel) + 1;
+        let scheduled = self.fail_every.is_some_and(|n| nth % n == 0);
+        let random = self.probability > 0.0 && {
+            let mut rng = self.rng.lock().unwrap_or_else(|poison| poison.into_inner());
+            rng.next_f64() < self.probability
+        };
+        if self.fail_all.load(Ordering::Acquire) || scheduled || random {
+            self.injected.fetch_add(1, Ordering::AcqRel);
+            return Err(Error::unavailable(COMPONENT, INJECTED));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `error` was injected by a [`FaultyStore`].
+pub(crate) fn is_injected(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Unavailable { component: COMPONENT, reason, .. } if reason == INJECTED
+    )
+}
+
+impl<S: Store> Store for FaultyStore<S> {
+    type Key = S::Key;
+    type Value = S::Value;
+
+    async fn get(&self, key: &S::Key) -> Result<Option<S::Value>> {
+        self.enter(Operation::Get).await?;
+        self.inner.get(key).await
+    }
+
+    async fn put(&self, key: S::Key, value: S::Value) -> Result<Position> {
+        self.enter(Operation::Put).await?;
+        self.inner.put(key, value).await
+    }
+
+    async fn delete(&self, key: &S::Key) -> Result<Position> {
+        self.enter(Operation::Delete).await?;
+        self.inner.delete(key).await
+    }
+
+    async fn get_many(&self, keys: &[S::Key]) -> Result<Vec<Option<S::Value>>> {
+        self.enter(Operation::GetMany).await?;
+        self.inner.get_many(keys).await
+    }
+
+    async fn write_batch(&self, batch: Vec<Write<S::Key, S::Value>>) -> Result<Position> {
+        self.enter(Operation::WriteBatch).await?;
+        self.inner.write_batch(batch).await
+    }
+}
+
+/// Configures a [`FaultyStore`]; see [`FaultyStore::builder`].
+#[derive(Debug)]
+pub struct FaultyStoreBuilder<S> {
+    inner: S,
+    latency: Duration,
+    fail_every: Option<u64>,
+    probability: Option<(f64, u64)>,
+    on: Vec<Operation>,
+}
+
+impl<S> FaultyStoreBuilder<S> {
+    /// Sleeps this long (on tokio's clock) before every call.
+    pub fn latency(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
+    }
+
+    /// Fails every `n`th call of the chosen operations (`n` ≥ 1).
+    pub fn fail_every(mut self, n: u64) -> Self {
+        self.fail_every = Some(n);
+        self
+    }
+
+    /// Fails each call of the chosen operations with `probability`
+    /// (0 to 1), drawn from a generator seeded with `seed`.
+    pub fn fail_with_probability(mut self, probability: f64, seed: u64) -> Self {
+        self.probability = Some((probability, seed));
+        self
+    }
+
+    /// Which operations faults apply to (default: all). Latency and counts
+    /// apply to every operation.
+    pub fn on(mut self, operations: &[Operation]) -> Self {
+        self.on = operations.to_vec();
+        self
+    }
+
+    /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `fail_every(0)`, a probability outside 0 to 1,
+    /// or an empty operation list.
+    pub fn build(self) -> Result<FaultyStore<S>> {
+        if self.fail_every == Some(0) {
+            return Err(Error::config(COMPONENT, "fail_every takes a whole number from 1 up"));
+        }
+        let (probability, seed) = self.probability.unwrap_or((0.0, 0));
+        if !(0.0..=1.0).contains(&probability) {
+            return Err(Error::config(
+                COMPONENT,
+                format!("a fault probability must be from 0 to 1, not {probability}"),
+            ));
+        }
+        if self.on.is_empty() {
+            return Err(Error::config(COMPONENT, "faults must apply to at least one operation"));
+        }
+        let mut store = FaultyStore::new(self.inner);
+        store.latency = self.latency;
+        store.fail_every = self.fail_every;
+        store.probability = probability;
+        store.rng = Mutex::new(SplitMix64(seed));
+        store.applies_to = [false; 5];
+        for op in self.on {
+            store.applies_to[op.index()] = true;
+        }
+        Ok(store)
+    }
+}

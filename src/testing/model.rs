@@ -1,0 +1,259 @@
+//! The model test: random operation sequences against a store and a
+//! `HashMap`, which must agree.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+
+use super::faulty::is_injected;
+use super::Sample;
+use crate::store::{Store, Write};
+use crate::Position;
+
+/// How many distinct keys a sequence touches (few, so operations collide).
+const KEYS: u8 = 16;
+/// Where the model's key ranges start, away from the conformance suite's.
+const BASE: u64 = 100_000_000;
+
+/// One step of a model sequence; keys are indices `0..16`, values numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelOp {
+    /// Read one key.
+    Get(u8),
+    /// Write one key.
+    Put(u8, u16),
+    /// Remove one key.
+    Delete(u8),
+    /// Read several keys.
+    GetMany(Vec<u8>),
+    /// A batch: `Some(value)` puts, `None` deletes.
+    Batch(Vec<(u8, Option<u16>)>),
+}
+
+/// The proptest strategy for one operation.
+pub fn model_op() -> impl Strategy<Value = ModelOp> {
+    let key = 0..KEYS;
+    prop_oneof![
+        3 => key.clone().prop_map(ModelOp::Get),
+        4 => (key.clone(), any::<u16>()).prop_map(|(k, v)| ModelOp::Put(k, v)),
+        2 => key.clone().prop_map(ModelOp::Delete),
+        1 => prop::collection::vec(key.clone(), 0..6).prop_map(ModelOp::GetMany),
+        2 => prop::collection::vec((key, prop::option::of(any::<u16>())), 0..8)
+            .prop_map(ModelOp::Batch),
+    ]
+}
+
+/// Runs random operation sequences against a store and a `HashMap` model
+/// and checks that every read agrees, that positions grow, and that a
+/// failed write is an injected fault (from a [`FaultyStore`](super::FaultyStore))
+/// that changed nothing. A failing case is shrunk to a minimal sequence,
+/// which the panic message prints.
+///
+/// Each case (and each shrinking step) uses fresh keys, so one store
+/// serves every case.
+///
+/// ```
+/// use scalekit::testing::ModelTest;
+/// use scalekit::MemoryStore;
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// ModelTest::new().cases(16).run(&MemoryStore::<u64, String>::new()).await;
+/// # });
+/// ```
+#[derive(Debug, Clone)]
+pub struct ModelTest {
+    cases: u32,
+    max_ops: usize,
+    seed: u64,
+}
+
+impl Default for ModelTest {
+    fn default() -> Self {
+        ModelTest {
+            cases: 64,
+            max_ops: 40,
+            seed: 0x5ca1_e417,
+        }
+    }
+}
+
+impl ModelTest {
+    /// 64 cases of up to 40 operations, from a fixed seed.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many random sequences to run.
+    pub fn cases(mut self, cases: u32) -> Self {
+        self.cases = cases;
+        self
+    }
+
+    /// The longest sequence.
+    pub fn max_ops(mut self, max_ops: usize) -> Self {
+        self.max_ops = max_ops.max(1);
+        self
+    }
+
+    /// The seed of the generator (the same seed gives the same sequences).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Runs the cases; panics with the minimal failing sequence on a
+    /// disagreement.
+    pub async fn run<S>(&self, store: &S)
+    where
+        S: Store,
+        S::Key: Sample,
+        S::Value: Sample,
+    {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&self.seed.to_le_bytes());
+        let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed);
+        let mut runner = TestRunner::new_with_rng(Config::default(), rng);
+        let strategy = prop::collection::vec(model_op(), 1..=self.max_ops);
+        let mut namespace = 0u64;
+        for _ in 0..self.cases {
+            let mut tree = strategy
+                .new_tree(&mut runner)
+                .expect("the model strategy always generates");
+            namespace += 1;
+            let Err(first) = check(store, namespace, &tree.current()).await else {
+                continue;
+            };
+            let mut minimal = (tree.current(), first);
+            let mut shrinks = 0;
+            if tree.simplify() {
+                loop {
+                    shrinks += 1;
+                    namespace += 1;
+                    let failed = match check(store, namespace, &tree.current()).await {
+                        Err(why) => {
+                            minimal = (tree.current(), why);
+                            true
+                        }
+                        Ok(()) => false,
+                    };
+                    let more = if failed { tree.simplify() } else { tree.complicate() };
+                    if !more || shrinks > 1_000 {
+                        break;
+                    }
+                }
+            }
+            let mut ops = String::new();
+            for op in &minimal.0 {
+                let _ = writeln!(ops, "    {op:?}");
+            }
+            panic!(
+                "the store disagrees with the model: {}\nminimal sequence ({} ops):\n{ops}",
+                minimal.1,
+                minimal.0.len()
+            );
+        }
+    }
+}
+
+/// Runs one sequence; `Err` says how the store and the model disagreed.
+async fn check<S>(store: &S, namespace: u64, ops: &[ModelOp]) -> Result<(), String>
+where
+    S: Store,
+    S::Key: Sample,
+    S::Value: Sample,
+{
+    let key = |k: u8| S::Key::sample(BASE + namespace * KEYS as u64 + k as u64);
+    let value = |v: u16| S::Value::sample(v as u64);
+    let mut model: HashMap<u8, u16> = HashMap::new();
+    let mut last = Position::ZERO;
+    let mut wrote = |step: usize, result: crate::Result<Position>, empty: bool| -> Result<bool, String> {
+        match result {
+            Ok(p) if empty => {
+                let _ = p;
+                Ok(true)
+            }
+            Ok(p) if p > last => {
+                last = p;
+                Ok(true)
+            }
+            Ok(p) => Err(format!("step {step}: position {p} is not after {last}")),
+            Err(e) if is_injected(&e) => Ok(false),
+            Err(e) => Err(format!("step {step}: write failed: {e}")),
+        }
+    };
+    for (step, op) in ops.iter().enumerate() {
+        match op {
+            ModelOp::Get(k) => match store.get(&key(*k)).await {
+                Ok(got) => {
+                    let expected = model.get(k).map(|v| value(*v));
+                    if got != expected {
+                        return Err(format!("step {step}: get({k}) = {got:?}, model has {expected:?}"));
+                    }
+                }
+                Err(e) if is_injected(&e) => {}
+                Err(e) => return Err(format!("step {step}: get failed: {e}")),
+            },
+            ModelOp::Put(k, v) => {
+                if wrote(step, store.put(key(*k), value(*v)).await, false)? {
+                    model.insert(*k, *v);
+                }
+            }
+            ModelOp::Delete(k) => {
+                if wrote(step, store.delete(&key(*k)).await, false)? {
+                    model.remove(k);
+                }
+            }
+            ModelOp::GetMany(ks) => {
+                let keys: Vec<S::Key> = ks.iter().map(|k| key(*k)).collect();
+                match store.get_many(&keys).await {
+                    Ok(got) => {
+                        let expected: Vec<_> =
+                            ks.iter().map(|k| model.get(k).map(|v| value(*v))).collect();
+                        if got != expected {
+                            return Err(format!(
+                                "step {step}: get_many({ks:?}) = {got:?}, model has {expected:?}"
+                            ));
+                        }
+                    }
+                    Err(e) if is_injected(&e) => {}
+                    Err(e) => return Err(format!("step {step}: get_many failed: {e}")),
+                }
+            }
+            ModelOp::Batch(writes) => {
+                let batch = writes
+                    .iter()
+                    .map(|(k, v)| match v {
+                        Some(v) => Write::Put(key(*k), value(*v)),
+                        None => Write::Delete(key(*k)),
+                    })
+                    .collect();
+                if wrote(step, store.write_batch(batch).await, writes.is_empty())? {
+                    for (k, v) in writes {
+                        match v {
+                            Some(v) => model.insert(*k, *v),
+                            None => model.remove(k),
+                        };
+                    }
+                }
+            }
+        }
+    }
+    let all: Vec<S::Key> = (0..KEYS).map(key).collect();
+    let final_state = loop {
+        match store.get_many(&all).await {
+            Ok(values) => break values,
+            Err(e) if is_injected(&e) => continue,
+            Err(e) => return Err(format!("final get_many failed: {e}")),
+        }
+    };
+    for (k, got) in (0..KEYS).zip(final_state) {
+        let expected = model.get(&k).map(|v| value(*v));
+        if got != expected {
+            return Err(format!("final state of key {k}: {got:?}, model has {expected:?}"));
+        }
+    }
+    Ok(())
+}
