@@ -143,7 +143,10 @@ signed_codec!(i8 => u8, i16 => u16, i32 => u32, i64 => u64, i128 => u128);
 ///
 /// `impl JsonEncoded for MyType {}` is all it takes; [`Codec`] follows.
 #[cfg(feature = "serde")]
-pub trait JsonEncoded: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {}
+pub trait JsonEncoded:
+    serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static
+{
+}
 
 #[cfg(feature = "serde")]
 impl<T: JsonEncoded> Codec for T {
@@ -178,7 +181,10 @@ mod tests {
 
     #[test]
     fn unsigned_integers_round_trip() {
-        assert_eq!(u32::decode(&bytes_of(0xdead_beef_u32)).unwrap(), 0xdead_beef);
+        assert_eq!(
+            u32::decode(&bytes_of(0xdead_beef_u32)).unwrap(),
+            0xdead_beef
+        );
         assert_eq!(u128::decode(&bytes_of(u128::MAX)).unwrap(), u128::MAX);
     }
 

@@ -175,6 +175,9 @@ mod tests {
         assert!(e.is_transient());
         let source = std::error::Error::source(&e).expect("source");
         assert_eq!(source.to_string(), "disk on fire");
-        assert_eq!(e.to_string(), "sqlite backend failed during put: disk on fire");
+        assert_eq!(
+            e.to_string(),
+            "sqlite backend failed during put: disk on fire"
+        );
     }
 }

@@ -44,7 +44,7 @@
 //! let users = store.get_many(&["user:1".into(), "user:2".into()]).await?;
 //! assert_eq!(users, vec![None, Some("grace".to_string())]);
 //! assert!(token > scalekit::Position::ZERO);
-//! # scalekit::Result::Ok(()) }).unwrap();
+//! # Ok::<(), scalekit::Error>(()) }).unwrap();
 //! ```
 //!
 //! ## Feature flags
@@ -66,7 +66,7 @@
 
 pub mod codec;
 mod error;
-mod position;
+pub mod position;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

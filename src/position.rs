@@ -36,7 +36,7 @@ use std::num::ParseIntError;
 use std::str::FromStr;
 
 /// How far a store's history has advanced: the consistency token a write
-/// returns. Ordered; larger is later. See the [module docs](self).
+/// returns. Ordered; larger is later. See the [module docs](crate::position).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(transparent))]

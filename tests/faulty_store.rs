@@ -13,12 +13,22 @@ fn memory() -> MemoryStore<u64, u64> {
 
 #[tokio::test]
 async fn every_nth_call_fails_and_a_failed_write_is_not_applied() {
-    let store = FaultyStore::builder(memory()).fail_every(2).build().unwrap();
+    let store = FaultyStore::builder(memory())
+        .fail_every(2)
+        .build()
+        .unwrap();
     assert!(store.put(1, 1).await.is_ok());
     let err = store.put(2, 2).await.unwrap_err();
     assert!(Faulty::is_injected(&err));
-    assert!(matches!(err, Error::Unavailable { .. }), "an injected fault is a typed error");
-    assert_eq!(store.get_ref().len(), 1, "the failed put never reached the inner store");
+    assert!(
+        matches!(err, Error::Unavailable { .. }),
+        "an injected fault is a typed error"
+    );
+    assert_eq!(
+        store.get_ref().len(),
+        1,
+        "the failed put never reached the inner store"
+    );
     assert!(store.get(&1).await.is_ok());
     assert!(store.write_batch(vec![Write::Put(3, 3)]).await.is_err());
     assert_eq!(store.calls().injected_faults, 2);
@@ -46,8 +56,14 @@ async fn random_faults_are_reproducible_from_the_seed() {
 
 #[tokio::test]
 async fn probability_one_fails_everything_and_zero_nothing() {
-    let always = FaultyStore::builder(memory()).fail_with_probability(1.0, 1).build().unwrap();
-    let never = FaultyStore::builder(memory()).fail_with_probability(0.0, 1).build().unwrap();
+    let always = FaultyStore::builder(memory())
+        .fail_with_probability(1.0, 1)
+        .build()
+        .unwrap();
+    let never = FaultyStore::builder(memory())
+        .fail_with_probability(0.0, 1)
+        .build()
+        .unwrap();
     for n in 0..20 {
         assert!(always.put(n, n).await.is_err());
         assert!(never.put(n, n).await.is_ok());
@@ -65,7 +81,13 @@ async fn calls_are_counted_per_operation() {
     store.write_batch(vec![Write::Delete(2)]).await.unwrap();
     let calls = store.calls();
     assert_eq!(
-        (calls.get, calls.put, calls.delete, calls.get_many, calls.write_batch),
+        (
+            calls.get,
+            calls.put,
+            calls.delete,
+            calls.get_many,
+            calls.write_batch
+        ),
         (1, 2, 1, 1, 1)
     );
     assert_eq!(calls.total(), 6);
@@ -99,8 +121,17 @@ async fn latency_is_added_on_tokio_time() {
 
 #[test]
 fn bad_fault_configurations_are_config_errors() {
-    let zero = FaultyStore::builder(memory()).fail_every(0).build().unwrap_err();
-    assert!(matches!(zero, Error::Config { component: "FaultyStore", .. }));
+    let zero = FaultyStore::builder(memory())
+        .fail_every(0)
+        .build()
+        .unwrap_err();
+    assert!(matches!(
+        zero,
+        Error::Config {
+            component: "FaultyStore",
+            ..
+        }
+    ));
     for p in [-0.1, 1.5, f64::NAN] {
         let err = FaultyStore::builder(memory())
             .fail_with_probability(p, 0)

@@ -31,7 +31,10 @@ async fn memory_store_agrees_with_the_model_under_injected_faults() {
         .unwrap();
     ModelTest::new().cases(128).run(&faulty).await;
     let calls = faulty.calls();
-    assert!(calls.injected_faults > 50, "faults were injected: {calls:?}");
+    assert!(
+        calls.injected_faults > 50,
+        "faults were injected: {calls:?}"
+    );
     assert!(calls.total() > calls.injected_faults);
 }
 
@@ -61,7 +64,10 @@ async fn layers_compose_over_a_dyn_store_and_a_dyn_store_over_layers() {
         vec![layered.into_dyn(), Arc::new(MemoryStore::new())];
     for (n, store) in stores.iter().enumerate() {
         store.put(n as u64, format!("v{n}")).await.unwrap();
-        assert_eq!(Store::get(store, &(n as u64)).await.unwrap(), Some(format!("v{n}")));
+        assert_eq!(
+            Store::get(store, &(n as u64)).await.unwrap(),
+            Some(format!("v{n}"))
+        );
     }
 }
 

@@ -33,7 +33,7 @@ use crate::{Position, Result};
 /// ];
 /// shards[1].put(7, "seven".to_string()).await?;
 /// assert_eq!(Store::get(&shards[1], &7).await?, Some("seven".to_string()));
-/// # scalekit::Result::Ok(()) }).unwrap();
+/// # Ok::<(), scalekit::Error>(()) }).unwrap();
 /// ```
 ///
 /// Each call allocates one boxed future; measure with `benches/store.rs`

@@ -25,7 +25,7 @@ use crate::{Position, Result};
 /// let p2 = users.put(2, "grace".into()).await?;
 /// assert!(p2 > p1);
 /// assert_eq!(users.get(&1).await?, Some("ada".into()));
-/// # scalekit::Result::Ok(()) }).unwrap();
+/// # Ok::<(), scalekit::Error>(()) }).unwrap();
 /// ```
 pub struct MemoryStore<K, V> {
     map: DashMap<K, V>,

@@ -5,8 +5,8 @@
 //! | you have | use |
 //! |---|---|
 //! | tests, prototypes, a process-local table | [`MemoryStore`] |
-//! | one machine, data that must survive a restart, no server | [`SqliteStore`](crate::store::SqliteStore) (feature `sqlite`, on by default) |
-//! | a shared database server | [`PostgresStore`](crate::store::PostgresStore) (feature `postgres`) |
+//! | one machine, data that must survive a restart, no server | [`SqliteStore`] (feature `sqlite`, on by default) |
+//! | a shared database server | [`PostgresStore`] (feature `postgres`) |
 //! | your own backend | implement [`Store`] for it (below) |
 //! | stores of different types in one collection, or a plugin chosen at run time | [`DynStore`] behind an `Arc<dyn DynStore<..>>`, which is itself a [`Store`] |
 //!
@@ -24,9 +24,10 @@
 //!   say) document it and offer a [`Position`] to demand it back.
 //! - **Positions grow.** Each successful write resolves to the store's
 //!   [`Position`] after that write. A write that starts after another has
-//!   returned gets a position at least as large, and two writes made one
-//!   after the other get strictly increasing positions. Positions of
-//!   different stores are not comparable.
+//!   returned gets a position at least as large, and strictly larger when
+//!   it changed the stored data (a delete of an absent key may leave the
+//!   position where it was). Positions of different stores are not
+//!   comparable.
 //! - **Batches are ordered.** `write_batch` applies its operations as if one
 //!   after another in the order given, so the last operation on a key wins.
 //!   `get_many` returns one entry per requested key, in the requested order,

@@ -7,7 +7,9 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::NoTls;
 
@@ -44,9 +46,7 @@ impl Statements {
             delete: format!("DELETE FROM \"{table}\" WHERE k = $1"),
             // One statement is one transaction: the deletes and the upserts
             // (disjoint keys after coalescing) commit together or not at all.
-            batch: format!(
-                "WITH deleted AS (DELETE FROM \"{table}\" WHERE k = ANY($3)) {upsert}"
-            ),
+            batch: format!("WITH deleted AS (DELETE FROM \"{table}\" WHERE k = ANY($3)) {upsert}"),
         }
     }
 }
@@ -131,6 +131,18 @@ impl<K, V> PostgresStore<K, V> {
         &self.table
     }
 
+    /// Drops the store's table and everything in it, then closes the pool.
+    pub async fn drop_table(self) -> Result<()> {
+        let client = self.connection().await?;
+        client
+            .batch_execute(&format!("DROP TABLE IF EXISTS \"{}\"", self.table))
+            .await
+            .map_err(backend("drop table"))?;
+        drop(client);
+        self.pool.close();
+        Ok(())
+    }
+
     /// Closes the pool: connections are closed as they come back, and later
     /// calls get [`Error::Unavailable`].
     pub fn close(&self) {
@@ -149,7 +161,10 @@ impl<K, V> PostgresStore<K, V> {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Position> {
         let client = self.connection().await?;
-        let statement = client.prepare_cached(sql).await.map_err(backend(operation))?;
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(backend(operation))?;
         let position = client
             .prepare_cached(POSITION_SQL)
             .await
@@ -214,7 +229,8 @@ where
     async fn put(&self, key: K, value: V) -> Result<Position> {
         let key = sql::encode("key", &key)?;
         let value = sql::encode("value", &value)?;
-        self.write("put", &self.statements.put, &[&key, &value]).await
+        self.write("put", &self.statements.put, &[&key, &value])
+            .await
     }
 
     async fn delete(&self, key: &K) -> Result<Position> {
@@ -332,10 +348,16 @@ impl<K, V> PostgresStoreBuilder<K, V> {
             return Err(Error::config(COMPONENT, "the pool size must be at least 1"));
         }
         if self.connect_timeout.is_zero() || self.wait_timeout.is_zero() {
-            return Err(Error::config(COMPONENT, "timeouts must be longer than zero"));
+            return Err(Error::config(
+                COMPONENT,
+                "timeouts must be longer than zero",
+            ));
         }
         let mut pg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
-            Error::config(COMPONENT, format!("cannot parse the connection string: {e}"))
+            Error::config(
+                COMPONENT,
+                format!("cannot parse the connection string: {e}"),
+            )
         })?;
         pg.connect_timeout(self.connect_timeout);
         let manager = Manager::from_config(

@@ -30,12 +30,11 @@ pub(crate) fn validate_table_name(component: &'static str, name: &str) -> Result
 
 pub(crate) fn encode<T: Codec>(part: &'static str, item: &T) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    item.encode(&mut out)
-        .map_err(|source| Error::Codec {
-            direction: CodecDirection::Encode,
-            part,
-            source: source.into(),
-        })?;
+    item.encode(&mut out).map_err(|source| Error::Codec {
+        direction: CodecDirection::Encode,
+        part,
+        source: source.into(),
+    })?;
     Ok(out)
 }
 
@@ -73,7 +72,9 @@ impl EncodedBatch {
             .into_iter()
             .map(|write| {
                 Ok(match write {
-                    Write::Put(key, value) => Write::Put(encode("key", &key)?, encode("value", &value)?),
+                    Write::Put(key, value) => {
+                        Write::Put(encode("key", &key)?, encode("value", &value)?)
+                    }
                     Write::Delete(key) => Write::Delete(encode("key", &key)?),
                 })
             })
@@ -106,7 +107,15 @@ mod tests {
             assert!(validate_table_name("T", good).is_ok(), "{good}");
         }
         let too_long = "x".repeat(64);
-        for bad in ["", "1users", "users; drop table x", "naïve", "a-b", "\"q\"", too_long.as_str()] {
+        for bad in [
+            "",
+            "1users",
+            "users; drop table x",
+            "naïve",
+            "a-b",
+            "\"q\"",
+            too_long.as_str(),
+        ] {
             let err = validate_table_name("T", bad).unwrap_err();
             assert!(matches!(err, Error::Config { component: "T", .. }), "{bad}");
         }

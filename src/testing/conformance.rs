@@ -71,9 +71,19 @@ where
     S::Value: Sample,
 {
     let k = key::<S>(2, 0);
-    store.put(k.clone(), value::<S>(1)).await.expect("first put");
-    store.put(k.clone(), value::<S>(2)).await.expect("second put");
-    assert_eq!(store.get(&k).await.expect("get"), Some(value::<S>(2)), "last put wins");
+    store
+        .put(k.clone(), value::<S>(1))
+        .await
+        .expect("first put");
+    store
+        .put(k.clone(), value::<S>(2))
+        .await
+        .expect("second put");
+    assert_eq!(
+        store.get(&k).await.expect("get"),
+        Some(value::<S>(2)),
+        "last put wins"
+    );
     store.delete(&k).await.expect("delete");
 }
 
@@ -86,8 +96,14 @@ where
 {
     let k = key::<S>(3, 0);
     assert_eq!(store.get(&k).await.expect("get of an absent key"), None);
-    store.delete(&k).await.expect("deleting an absent key is not an error");
-    store.delete(&k).await.expect("deleting it twice is not an error either");
+    store
+        .delete(&k)
+        .await
+        .expect("deleting an absent key is not an error");
+    store
+        .delete(&k)
+        .await
+        .expect("deleting it twice is not an error either");
     assert_eq!(store.get(&k).await.expect("get"), None);
 }
 
@@ -108,7 +124,10 @@ where
     let values = S::Value::edge_cases();
     for (i, k) in keys.iter().enumerate() {
         let v = values[i % values.len()].clone();
-        store.put(k.clone(), v).await.expect("put of an edge-case key");
+        store
+            .put(k.clone(), v)
+            .await
+            .expect("put of an edge-case key");
     }
     for (i, k) in keys.iter().enumerate() {
         let expected = values[i % values.len()].clone();
@@ -120,8 +139,15 @@ where
     }
     for v in &values {
         let k = key::<S>(4, 0);
-        store.put(k.clone(), v.clone()).await.expect("put of an edge-case value");
-        assert_eq!(store.get(&k).await.expect("get"), Some(v.clone()), "edge-case value");
+        store
+            .put(k.clone(), v.clone())
+            .await
+            .expect("put of an edge-case value");
+        assert_eq!(
+            store.get(&k).await.expect("get"),
+            Some(v.clone()),
+            "edge-case value"
+        );
     }
     for k in keys.iter().chain([&key::<S>(4, 0)]) {
         store.delete(k).await.expect("delete");
@@ -145,15 +171,27 @@ where
         .expect("get_many");
     assert_eq!(
         got,
-        vec![Some(value::<S>(11)), None, Some(value::<S>(10)), Some(value::<S>(11))],
+        vec![
+            Some(value::<S>(11)),
+            None,
+            Some(value::<S>(10)),
+            Some(value::<S>(11))
+        ],
         "get_many keeps order and duplicates"
     );
-    assert!(store.get_many(&[]).await.expect("empty get_many").is_empty());
+    assert!(store
+        .get_many(&[])
+        .await
+        .expect("empty get_many")
+        .is_empty());
     let many: Vec<S::Key> = (100..400).map(|n| key::<S>(5, n)).collect();
     let answers = store.get_many(&many).await.expect("get_many of 300 keys");
     assert_eq!(answers.len(), many.len());
     assert!(answers.iter().all(Option::is_none));
-    store.write_batch(vec![Write::Delete(a), Write::Delete(b)]).await.expect("cleanup");
+    store
+        .write_batch(vec![Write::Delete(a), Write::Delete(b)])
+        .await
+        .expect("cleanup");
 }
 
 /// `write_batch` applies puts and deletes in order (the last operation on a
@@ -180,11 +218,17 @@ where
         .await
         .expect("write_batch");
     assert_eq!(
-        store.get_many(&[a.clone(), b.clone(), c.clone()]).await.expect("get_many"),
+        store
+            .get_many(&[a.clone(), b.clone(), c.clone()])
+            .await
+            .expect("get_many"),
         vec![Some(value::<S>(3)), Some(value::<S>(5)), None],
         "the last operation on each key wins"
     );
-    store.write_batch(Vec::new()).await.expect("an empty batch is accepted");
+    store
+        .write_batch(Vec::new())
+        .await
+        .expect("an empty batch is accepted");
     let big: Vec<Write<S::Key, S::Value>> = (0..500)
         .map(|n| Write::Put(key::<S>(6, 100 + n), value::<S>(n)))
         .collect();
@@ -192,7 +236,9 @@ where
     let keys: Vec<S::Key> = (0..500).map(|n| key::<S>(6, 100 + n)).collect();
     let got = store.get_many(&keys).await.expect("get_many");
     assert!(
-        got.iter().enumerate().all(|(n, v)| *v == Some(value::<S>(n as u64))),
+        got.iter()
+            .enumerate()
+            .all(|(n, v)| *v == Some(value::<S>(n as u64))),
         "every put of a large batch is applied"
     );
     let cleanup = keys
@@ -200,10 +246,14 @@ where
         .chain([a, b, c])
         .map(Write::Delete)
         .collect();
-    store.write_batch(cleanup).await.expect("a batch of deletes");
+    store
+        .write_batch(cleanup)
+        .await
+        .expect("a batch of deletes");
 }
 
-/// Writes made one after another get strictly increasing positions.
+/// Writes that change data, made one after another, get strictly
+/// increasing positions.
 pub async fn positions_grow<S>(store: &S)
 where
     S: Store,
@@ -214,7 +264,10 @@ where
     let mut last = Position::ZERO;
     for n in 0..5 {
         let p = store.put(k.clone(), value::<S>(n)).await.expect("put");
-        assert!(p > last, "put position {p} is after the previous write's {last}");
+        assert!(
+            p > last,
+            "put position {p} is after the previous write's {last}"
+        );
         last = p;
     }
     let p = store
@@ -235,7 +288,10 @@ where
 {
     let k = key::<S>(8, 0);
     let big = S::Value::sample_large(3, 1 << 20);
-    store.put(k.clone(), big.clone()).await.expect("put of a large value");
+    store
+        .put(k.clone(), big.clone())
+        .await
+        .expect("put of a large value");
     assert!(
         store.get(&k).await.expect("get of a large value") == Some(big),
         "a large value reads back intact"
@@ -258,7 +314,10 @@ where
             tokio::spawn(async move {
                 for n in 0..EACH {
                     let id = w * EACH + n;
-                    store.put(key::<S>(9, id), value::<S>(id)).await.expect("concurrent put");
+                    store
+                        .put(key::<S>(9, id), value::<S>(id))
+                        .await
+                        .expect("concurrent put");
                 }
             })
         })
@@ -269,7 +328,11 @@ where
     let keys: Vec<S::Key> = (0..WRITERS * EACH).map(|id| key::<S>(9, id)).collect();
     let got = store.get_many(&keys).await.expect("get_many");
     for (id, v) in got.iter().enumerate() {
-        assert_eq!(v, &Some(value::<S>(id as u64)), "write {id} of a concurrent writer");
+        assert_eq!(
+            v,
+            &Some(value::<S>(id as u64)),
+            "write {id} of a concurrent writer"
+        );
     }
     store
         .write_batch(keys.into_iter().map(Write::Delete).collect())
@@ -302,7 +365,10 @@ where
                 for r in 0..ROUNDS {
                     for k in 0..KEYS {
                         let v = 1_000 * (w + 1) + r * KEYS + k;
-                        let p = store.put(key::<S>(10, k), value::<S>(v)).await.expect("put");
+                        let p = store
+                            .put(key::<S>(10, k), value::<S>(v))
+                            .await
+                            .expect("put");
                         assert!(p > last, "a writer's own positions grow");
                         last = p;
                     }
@@ -336,10 +402,23 @@ where
         }
     }
     for k in 0..KEYS {
-        let v = store.get(&key::<S>(10, k)).await.expect("get").expect("present");
-        assert!(written(k).iter().any(|n| value::<S>(*n) == v), "final value was written");
-        store.put(key::<S>(10, k), value::<S>(5)).await.expect("final put");
-        assert_eq!(store.get(&key::<S>(10, k)).await.expect("get"), Some(value::<S>(5)));
+        let v = store
+            .get(&key::<S>(10, k))
+            .await
+            .expect("get")
+            .expect("present");
+        assert!(
+            written(k).iter().any(|n| value::<S>(*n) == v),
+            "final value was written"
+        );
+        store
+            .put(key::<S>(10, k), value::<S>(5))
+            .await
+            .expect("final put");
+        assert_eq!(
+            store.get(&key::<S>(10, k)).await.expect("get"),
+            Some(value::<S>(5))
+        );
         store.delete(&key::<S>(10, k)).await.expect("delete");
     }
 }

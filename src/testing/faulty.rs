@@ -109,7 +109,7 @@ impl SplitMix64 {
 /// assert!(FaultyStore::<MemoryStore<u64, u64>>::is_injected(&third));
 /// assert_eq!(store.get(&3).await?, None, "a failed write was not applied");
 /// assert_eq!(store.calls().put, 3);
-/// # scalekit::Result::Ok(()) }).unwrap();
+/// # Ok::<(), scalekit::Error>(()) }).unwrap();
 /// ```
 pub struct FaultyStore<S> {
     inner: S,
@@ -211,7 +211,7 @@ impl<S> FaultyStore<S> {
             return Ok(());
         }
         let nth = self.eligible_calls.fetch_add(1, Ordering::AcqRel) + 1;
-        let scheduled = self.fail_every.is_some_and(|n| nth % n == 0);
+        let scheduled = self.fail_every.is_some_and(|n| nth.is_multiple_of(n));
         let random = self.probability > 0.0 && {
             let mut rng = self.rng.lock().unwrap_or_else(|poison| poison.into_inner());
             rng.next_f64() < self.probability
@@ -307,7 +307,10 @@ impl<S> FaultyStoreBuilder<S> {
     /// or an empty operation list.
     pub fn build(self) -> Result<FaultyStore<S>> {
         if self.fail_every == Some(0) {
-            return Err(Error::config(COMPONENT, "fail_every takes a whole number from 1 up"));
+            return Err(Error::config(
+                COMPONENT,
+                "fail_every takes a whole number from 1 up",
+            ));
         }
         let (probability, seed) = self.probability.unwrap_or((0.0, 0));
         if !(0.0..=1.0).contains(&probability) {
@@ -317,7 +320,10 @@ impl<S> FaultyStoreBuilder<S> {
             ));
         }
         if self.on.is_empty() {
-            return Err(Error::config(COMPONENT, "faults must apply to at least one operation"));
+            return Err(Error::config(
+                COMPONENT,
+                "faults must apply to at least one operation",
+            ));
         }
         let mut store = FaultyStore::new(self.inner);
         store.latency = self.latency;

@@ -139,7 +139,11 @@ impl ModelTest {
                         }
                         Ok(()) => false,
                     };
-                    let more = if failed { tree.simplify() } else { tree.complicate() };
+                    let more = if failed {
+                        tree.simplify()
+                    } else {
+                        tree.complicate()
+                    };
                     if !more || shrinks > 1_000 {
                         break;
                     }
@@ -169,40 +173,45 @@ where
     let value = |v: u16| S::Value::sample(v as u64);
     let mut model: HashMap<u8, u16> = HashMap::new();
     let mut last = Position::ZERO;
-    let mut wrote = |step: usize, result: crate::Result<Position>, empty: bool| -> Result<bool, String> {
-        match result {
-            Ok(p) if empty => {
-                let _ = p;
-                Ok(true)
+    // Checks a write's outcome: `Ok(true)` if it was applied. A write that
+    // changes the data must move the position forward; any write must not
+    // move it back.
+    let mut wrote =
+        |step: usize, result: crate::Result<Position>, changes: bool| -> Result<bool, String> {
+            match result {
+                Ok(p) if p > last || (p == last && !changes) => {
+                    last = p;
+                    Ok(true)
+                }
+                Ok(p) if p == Position::ZERO && !changes => Ok(true),
+                Ok(p) => Err(format!("step {step}: position {p} is not after {last}")),
+                Err(e) if is_injected(&e) => Ok(false),
+                Err(e) => Err(format!("step {step}: write failed: {e}")),
             }
-            Ok(p) if p > last => {
-                last = p;
-                Ok(true)
-            }
-            Ok(p) => Err(format!("step {step}: position {p} is not after {last}")),
-            Err(e) if is_injected(&e) => Ok(false),
-            Err(e) => Err(format!("step {step}: write failed: {e}")),
-        }
-    };
+        };
     for (step, op) in ops.iter().enumerate() {
         match op {
             ModelOp::Get(k) => match store.get(&key(*k)).await {
                 Ok(got) => {
                     let expected = model.get(k).map(|v| value(*v));
                     if got != expected {
-                        return Err(format!("step {step}: get({k}) = {got:?}, model has {expected:?}"));
+                        return Err(format!(
+                            "step {step}: get({k}) = {got:?}, model has {expected:?}"
+                        ));
                     }
                 }
                 Err(e) if is_injected(&e) => {}
                 Err(e) => return Err(format!("step {step}: get failed: {e}")),
             },
             ModelOp::Put(k, v) => {
-                if wrote(step, store.put(key(*k), value(*v)).await, false)? {
+                let changes = model.get(k) != Some(v);
+                if wrote(step, store.put(key(*k), value(*v)).await, changes)? {
                     model.insert(*k, *v);
                 }
             }
             ModelOp::Delete(k) => {
-                if wrote(step, store.delete(&key(*k)).await, false)? {
+                let changes = model.contains_key(k);
+                if wrote(step, store.delete(&key(*k)).await, changes)? {
                     model.remove(k);
                 }
             }
@@ -230,13 +239,16 @@ where
                         None => Write::Delete(key(*k)),
                     })
                     .collect();
-                if wrote(step, store.write_batch(batch).await, writes.is_empty())? {
-                    for (k, v) in writes {
-                        match v {
-                            Some(v) => model.insert(*k, *v),
-                            None => model.remove(k),
-                        };
-                    }
+                let mut after = model.clone();
+                for (k, v) in writes {
+                    match v {
+                        Some(v) => after.insert(*k, *v),
+                        None => after.remove(k),
+                    };
+                }
+                let changes = after != model;
+                if wrote(step, store.write_batch(batch).await, changes)? {
+                    model = after;
                 }
             }
         }
@@ -252,7 +264,9 @@ where
     for (k, got) in (0..KEYS).zip(final_state) {
         let expected = model.get(&k).map(|v| value(*v));
         if got != expected {
-            return Err(format!("final state of key {k}: {got:?}, model has {expected:?}"));
+            return Err(format!(
+                "final state of key {k}: {got:?}, model has {expected:?}"
+            ));
         }
     }
     Ok(())

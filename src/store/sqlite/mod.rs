@@ -72,7 +72,7 @@ impl Synchronous {
 /// users.put(1, "ada".to_string()).await?;
 /// assert_eq!(users.get(&1).await?, Some("ada".to_string()));
 /// users.close().await;
-/// # scalekit::Result::Ok(()) }).unwrap();
+/// # Ok::<(), scalekit::Error>(()) }).unwrap();
 /// ```
 pub struct SqliteStore<K, V> {
     queues: Queues,
@@ -101,6 +101,7 @@ impl<K, V> SqliteStore<K, V> {
             readers: None,
             synchronous: Synchronous::default(),
             busy_timeout: Duration::from_secs(5),
+            max_value_bytes: None,
             types: PhantomData,
         }
     }
@@ -146,9 +147,9 @@ impl<K, V> SqliteStore<K, V> {
         queue
             .send(job(reply))
             .map_err(|_| Error::unavailable(COMPONENT, "the connection threads have stopped"))?;
-        answer.await.map_err(|_| {
-            Error::unavailable(COMPONENT, "the store closed before answering")
-        })?
+        answer
+            .await
+            .map_err(|_| Error::unavailable(COMPONENT, "the store closed before answering"))?
     }
 
     async fn read(&self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<Vec<u8>>>> {
@@ -208,6 +209,7 @@ pub struct SqliteStoreBuilder<K, V> {
     readers: Option<usize>,
     synchronous: Synchronous,
     busy_timeout: Duration,
+    max_value_bytes: Option<usize>,
     types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -219,6 +221,7 @@ impl<K, V> fmt::Debug for SqliteStoreBuilder<K, V> {
             .field("readers", &self.readers)
             .field("synchronous", &self.synchronous)
             .field("busy_timeout", &self.busy_timeout)
+            .field("max_value_bytes", &self.max_value_bytes)
             .finish()
     }
 }
@@ -264,17 +267,28 @@ impl<K, V> SqliteStoreBuilder<K, V> {
         self
     }
 
+    /// The largest key or value SQLite accepts, in bytes (default: SQLite's
+    /// own limit of 1,000,000,000). A larger write fails with
+    /// [`Error::Backend`] and leaves nothing behind.
+    pub fn max_value_bytes(mut self, max: usize) -> Self {
+        self.max_value_bytes = Some(max);
+        self
+    }
+
     /// Validates the configuration, opens the database on the store's own
     /// threads, creates the table if needed and returns the store.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for a missing location, a bad table name, or readers
-    /// on an in-memory database; [`Error::Unavailable`] when the file cannot
+    /// [`Error::Config`] for a missing location, a bad table name, readers
+    /// on an in-memory database or a `max_value_bytes` out of range; [`Error::Unavailable`] when the file cannot
     /// be opened; [`Error::Backend`] when the schema cannot be created.
     pub async fn build(self) -> Result<SqliteStore<K, V>> {
         let location = self.location.ok_or_else(|| {
-            Error::config(COMPONENT, "no database given: call .path(..) or .in_memory()")
+            Error::config(
+                COMPONENT,
+                "no database given: call .path(..) or .in_memory()",
+            )
         })?;
         sql::validate_table_name(COMPONENT, &self.table)?;
         let readers = match (&location, self.readers) {
@@ -294,18 +308,30 @@ impl<K, V> SqliteStoreBuilder<K, V> {
             }
             (Location::File(_), Some(n)) => n,
         };
+        let max_value_bytes = match self.max_value_bytes {
+            None => None,
+            Some(max) if (1..=1_000_000_000).contains(&max) => Some(max as i32),
+            Some(max) => {
+                return Err(Error::config(
+                    COMPONENT,
+                    format!("max_value_bytes must be from 1 to 1,000,000,000, not {max}"),
+                ))
+            }
+        };
         let config = ConnectionConfig {
             location,
             table: self.table,
             synchronous: self.synchronous.pragma(),
             busy_timeout: self.busy_timeout,
+            max_value_bytes,
         };
 
         let (writer_queue, writer_jobs) = crossbeam_channel::unbounded();
         let (ready, writer_ready) = oneshot::channel();
         let writer_config = config.clone();
-        spawn("scalekit-sqlite-writer", move || {
-            match worker::open_writer(&writer_config) {
+        spawn(
+            "scalekit-sqlite-writer",
+            move || match worker::open_writer(&writer_config) {
                 Ok((conn, position)) => {
                     let _ = ready.send(Ok(()));
                     Writer::new(conn, writer_config.table, position).run(writer_jobs);
@@ -313,11 +339,11 @@ impl<K, V> SqliteStoreBuilder<K, V> {
                 Err(error) => {
                     let _ = ready.send(Err(error));
                 }
-            }
-        })?;
-        writer_ready
-            .await
-            .map_err(|_| Error::unavailable(COMPONENT, "the writer thread stopped while opening"))??;
+            },
+        )?;
+        writer_ready.await.map_err(|_| {
+            Error::unavailable(COMPONENT, "the writer thread stopped while opening")
+        })??;
 
         let readers_queue = if readers == 0 {
             writer_queue.clone()
@@ -328,8 +354,9 @@ impl<K, V> SqliteStoreBuilder<K, V> {
                 let (ready, reader_ready) = oneshot::channel();
                 let reader_config = config.clone();
                 let jobs = jobs.clone();
-                spawn("scalekit-sqlite-reader", move || {
-                    match worker::open_reader(&reader_config) {
+                spawn(
+                    "scalekit-sqlite-reader",
+                    move || match worker::open_reader(&reader_config) {
                         Ok(conn) => {
                             let _ = ready.send(Ok(()));
                             worker::run_reader(conn, &reader_config.table, jobs);
@@ -337,8 +364,8 @@ impl<K, V> SqliteStoreBuilder<K, V> {
                         Err(error) => {
                             let _ = ready.send(Err(error));
                         }
-                    }
-                })?;
+                    },
+                )?;
                 opened.push(reader_ready);
             }
             for reader_ready in opened {

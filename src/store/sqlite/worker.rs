@@ -46,6 +46,8 @@ pub(super) struct ConnectionConfig {
     pub(super) table: String,
     pub(super) synchronous: &'static str,
     pub(super) busy_timeout: Duration,
+    /// The largest key or value in bytes (SQLite's length limit).
+    pub(super) max_value_bytes: Option<i32>,
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +96,10 @@ fn open(config: &ConnectionConfig) -> Result<Connection> {
     })?;
     conn.busy_timeout(config.busy_timeout)
         .map_err(backend("open"))?;
+    if let Some(max) = config.max_value_bytes {
+        conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, max)
+            .map_err(backend("open"))?;
+    }
     Ok(conn)
 }
 
@@ -140,9 +146,15 @@ pub(super) fn open_reader(config: &ConnectionConfig) -> Result<Connection> {
 }
 
 /// Reads `keys` in one read transaction, so a `get_many` sees one snapshot.
-fn read(conn: &mut Connection, statements: &Statements, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+fn read(
+    conn: &mut Connection,
+    statements: &Statements,
+    keys: &[Vec<u8>],
+) -> Result<Vec<Option<Vec<u8>>>> {
     let read_one = |conn: &Connection, key: &[u8]| -> Result<Option<Vec<u8>>> {
-        let mut stmt = conn.prepare_cached(&statements.get).map_err(backend("get"))?;
+        let mut stmt = conn
+            .prepare_cached(&statements.get)
+            .map_err(backend("get"))?;
         let mut rows = stmt.query([key]).map_err(backend("get"))?;
         match rows.next().map_err(backend("get"))? {
             None => Ok(None),
@@ -250,7 +262,9 @@ impl Writer {
     /// Commits many jobs in one transaction, each in its own savepoint.
     fn commit_group(&mut self, writes: Vec<(EncodedBatch, Reply<Position>)>) {
         let mut outcomes: Vec<Result<()>> = Vec::with_capacity(writes.len());
-        let group = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate);
+        let group = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate);
         let mut tx = match group {
             Ok(tx) => tx,
             Err(e) => {
