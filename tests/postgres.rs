@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use scalekit::store::PostgresStore;
 use scalekit::testing::{conformance, FaultyStore, ModelTest};
-use scalekit::{CodecDirection, Error, Store, Write};
+use scalekit::{Error, Store, Write};
 
 fn url() -> String {
     std::env::var("SCALEKIT_POSTGRES_URL")
@@ -97,29 +97,8 @@ async fn positions_are_wal_positions_that_grow_across_store_instances() {
 async fn an_undecodable_row_is_a_codec_error() {
     let table = fresh_table("codec");
     let raw = store::<String, Vec<u8>>(&table).await;
-    raw.put("bad".into(), vec![0xff, 0xfe]).await.unwrap();
-    raw.put("good".into(), b"ok".to_vec()).await.unwrap();
     let text = store::<String, String>(&table).await;
-    let err = text.get(&"bad".to_string()).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Codec {
-                direction: CodecDirection::Decode,
-                part: "value",
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert_eq!(
-        text.get(&"good".to_string()).await.unwrap(),
-        Some("ok".into())
-    );
-    assert!(matches!(
-        text.get_many(&["bad".to_string()]).await,
-        Err(Error::Codec { .. })
-    ));
+    conformance::undecodable_values_are_codec_errors(&raw, &text).await;
     drop_table(&table).await;
 }
 

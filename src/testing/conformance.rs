@@ -422,3 +422,53 @@ where
         store.delete(&key::<S>(10, k)).await.expect("delete");
     }
 }
+
+/// For backends that store bytes through a [`Codec`](crate::codec::Codec):
+/// a stored value that does not decode is an
+/// [`Error::Codec`](crate::Error::Codec) on `get` and `get_many`, never a
+/// panic, and does not spoil the readable rows beside it.
+///
+/// `raw` and `text` must be two views of the same table: one with byte
+/// values, one with `String` values.
+pub async fn undecodable_values_are_codec_errors<R, T>(raw: &R, text: &T)
+where
+    R: Store<Key = String, Value = Vec<u8>>,
+    T: Store<Key = String, Value = String>,
+{
+    use crate::{CodecDirection, Error};
+
+    let (bad, good) = ("undecodable".to_string(), "decodable".to_string());
+    raw.put(bad.clone(), vec![0xff, 0xfe, 0xfd])
+        .await
+        .expect("put raw bytes");
+    raw.put(good.clone(), b"fine".to_vec())
+        .await
+        .expect("put raw bytes");
+    let err = text
+        .get(&bad)
+        .await
+        .expect_err("invalid UTF-8 must not decode");
+    assert!(
+        matches!(
+            err,
+            Error::Codec {
+                direction: CodecDirection::Decode,
+                part: "value",
+                ..
+            }
+        ),
+        "a decode error names its direction and part: {err}"
+    );
+    assert_eq!(
+        text.get(&good).await.expect("a good row"),
+        Some("fine".to_string())
+    );
+    let err = text
+        .get_many(&[good.clone(), bad.clone()])
+        .await
+        .expect_err("get_many with an undecodable row");
+    assert!(matches!(err, Error::Codec { .. }), "{err}");
+    raw.write_batch(vec![Write::Delete(bad), Write::Delete(good)])
+        .await
+        .expect("cleanup");
+}
