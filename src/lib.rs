@@ -64,6 +64,7 @@
     rust_2018_idioms
 )]
 
+pub mod cache;
 pub mod codec;
 mod error;
 pub mod position;

@@ -1,0 +1,491 @@
+//! The machinery shared by the cache layers: single-flight loads, the
+//! write fence that prevents stale fills, batch loads, refresh-ahead.
+//!
+//! # How a stale fill is prevented
+//!
+//! Keys hash onto stripes; each stripe has an `epoch` and a count of
+//! writes in flight, behind an async mutex. A write, before it touches the
+//! store, bumps its stripes' epochs and counts itself in flight; after the
+//! store answers it updates or invalidates the tier *under the stripe
+//! lock*. A load notes its stripe's epoch (and whether a write was in
+//! flight) before reading the store, and fills the tier only if, under the
+//! same lock, the epoch has not moved and no write was in flight. So a load
+//! that may have read a value older than a write never reaches the tier
+//! after that write. Writes also detach in-flight loads of their keys, so a
+//! read that starts after a write returned never joins a load that started
+//! before it. Writes to other keys of the same stripe cost at most a
+//! skipped fill, never a wrong one.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use tokio::sync::{watch, Mutex};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::stats::{CacheStats, Counters};
+use super::tier::CacheTier;
+use crate::store::{Store, Write};
+use crate::{Error, Position, Result};
+
+const STRIPES: usize = 1024;
+
+/// What a cache layer keeps in its tier for one key: the value (or its
+/// absence, for negative caching) and when it was loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cached<V> {
+    /// The value; `None` records that the key was absent.
+    pub value: Option<V>,
+    /// When it was loaded or written, on tokio's clock.
+    pub loaded_at: Instant,
+}
+
+/// The answer of a load, shared with every waiter; `None` until it lands.
+type Outcome<V> = Option<Result<Option<V>>>;
+type Flight<V> = watch::Receiver<Outcome<V>>;
+/// A key whose load this caller leads: the key, where to send the answer,
+/// and the flight waiters joined (to recognise it when removing it).
+type Led<K, V> = (K, watch::Sender<Outcome<V>>, Flight<V>);
+
+#[derive(Debug, Default)]
+struct Stripe {
+    epoch: u64,
+    writes_in_flight: u32,
+}
+
+/// A stripe's state when a load started.
+#[derive(Debug, Clone, Copy)]
+struct LoadFence {
+    epoch: u64,
+    no_write_in_flight: bool,
+}
+
+/// A write's hold on one stripe.
+#[derive(Debug, Clone, Copy)]
+struct WriteFence {
+    stripe: usize,
+    epoch: u64,
+    alone: bool,
+}
+
+/// What a write does to the tier once the store has taken it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteMode {
+    /// Remove the key (read-through).
+    Invalidate,
+    /// Put the written value in the tier (write-through).
+    Update,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct CacheConfig {
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) negative_ttl: Option<Duration>,
+    pub(crate) refresh_after: Option<Duration>,
+    pub(crate) mode: WriteMode,
+}
+
+pub(crate) struct Core<S: Store, T> {
+    pub(crate) store: S,
+    pub(crate) tier: T,
+    flights: DashMap<S::Key, Flight<S::Value>>,
+    stripes: Box<[Mutex<Stripe>]>,
+    hasher: RandomState,
+    pub(crate) config: CacheConfig,
+    pub(crate) counters: Counters,
+}
+
+impl<S: Store, T: fmt::Debug> fmt::Debug for Core<S, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("store", &self.store)
+            .field("tier", &self.tier)
+            .field("config", &self.config)
+            .field("loads_in_flight", &self.flights.len())
+            .finish()
+    }
+}
+
+/// The store gave a batch answer of the wrong length.
+#[derive(Debug)]
+struct WrongAnswerCount {
+    asked: usize,
+    answered: usize,
+}
+
+impl fmt::Display for WrongAnswerCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "get_many asked for {} keys and got {} answers",
+            self.asked, self.answered
+        )
+    }
+}
+
+impl std::error::Error for WrongAnswerCount {}
+
+fn task_failed(what: &str) -> Error {
+    Error::unavailable("cache", format!("the {what} task ended without an answer"))
+}
+
+impl<S, T> Core<S, T>
+where
+    S: Store,
+    T: CacheTier<Key = S::Key, Value = Cached<S::Value>>,
+{
+    pub(crate) fn new(store: S, tier: T, config: CacheConfig) -> Self {
+        Core {
+            store,
+            tier,
+            flights: DashMap::new(),
+            stripes: (0..STRIPES)
+                .map(|_| Mutex::new(Stripe::default()))
+                .collect(),
+            hasher: RandomState::new(),
+            config,
+            counters: Counters::default(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> CacheStats {
+        self.counters.snapshot(self.tier.evictions())
+    }
+
+    fn stripe_of(&self, key: &S::Key) -> usize {
+        self.hasher.hash_one(key) as usize & (STRIPES - 1)
+    }
+
+    /// The tier's entry, or `None` on a miss or a tier failure.
+    async fn lookup(&self, key: &S::Key) -> Option<Cached<S::Value>> {
+        match self.tier.get(key).await {
+            Ok(entry) => entry,
+            Err(_) => {
+                Counters::bump(&self.counters.tier_errors);
+                None
+            }
+        }
+    }
+
+    /// Counts a hit and starts a refresh when the entry is old enough.
+    fn hit(self: &Arc<Self>, key: &S::Key, entry: &Cached<S::Value>) {
+        self.counters.hits.add(1);
+        if let Some(refresh_after) = self.config.refresh_after {
+            if entry.loaded_at.elapsed() >= refresh_after && !self.flights.contains_key(key) {
+                let (_, led) = self.join_or_lead(key);
+                if led {
+                    Counters::bump(&self.counters.refreshes);
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn get(self: &Arc<Self>, key: &S::Key) -> Result<Option<S::Value>> {
+        if let Some(entry) = self.lookup(key).await {
+            self.hit(key, &entry);
+            return Ok(entry.value);
+        }
+        self.counters.misses.add(1);
+        let (flight, _) = self.join_or_lead(key);
+        Self::wait(flight).await
+    }
+
+    /// Joins the load of `key` in flight, or starts one; `true` if started.
+    fn join_or_lead(self: &Arc<Self>, key: &S::Key) -> (Flight<S::Value>, bool) {
+        let (flight, sender) = match self.flights.entry(key.clone()) {
+            Entry::Occupied(entry) => (entry.get().clone(), None),
+            Entry::Vacant(entry) => {
+                let (sender, flight) = watch::channel(None);
+                entry.insert(flight.clone());
+                (flight, Some(sender))
+            }
+        };
+        let led = sender.is_some();
+        if let Some(sender) = sender {
+            self.spawn_load(key.clone(), sender, flight.clone());
+        }
+        (flight, led)
+    }
+
+    async fn wait(mut flight: Flight<S::Value>) -> Result<Option<S::Value>> {
+        let outcome = flight
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| task_failed("load"))?;
+        match outcome.as_ref() {
+            Some(result) => result.clone(),
+            None => Err(task_failed("load")),
+        }
+    }
+
+    async fn load_fence(&self, key: &S::Key) -> LoadFence {
+        let stripe = self.stripes[self.stripe_of(key)].lock().await;
+        LoadFence {
+            epoch: stripe.epoch,
+            no_write_in_flight: stripe.writes_in_flight == 0,
+        }
+    }
+
+    fn record_load(&self, started: Instant, ok: bool) {
+        Counters::bump(&self.counters.loads);
+        if !ok {
+            Counters::bump(&self.counters.load_failures);
+        }
+        self.counters
+            .load_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Loads one key in its own task, so no waiter's cancellation stops it.
+    fn spawn_load(
+        self: &Arc<Self>,
+        key: S::Key,
+        sender: watch::Sender<Outcome<S::Value>>,
+        flight: Flight<S::Value>,
+    ) {
+        let core = Arc::clone(self);
+        let span = tracing::debug_span!("scalekit.cache.load", keys = 1);
+        tokio::spawn(
+            async move {
+                let fence = core.load_fence(&key).await;
+                let started = Instant::now();
+                let result = core.store.get(&key).await;
+                core.record_load(started, result.is_ok());
+                if let Ok(value) = &result {
+                    core.fill(&key, value, fence).await;
+                }
+                let _ = sender.send(Some(result));
+                core.flights
+                    .remove_if(&key, |_, current| current.same_channel(&flight));
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Puts a loaded value in the tier unless a write raced with the load.
+    async fn fill(&self, key: &S::Key, value: &Option<S::Value>, fence: LoadFence) {
+        let stripe = self.stripes[self.stripe_of(key)].lock().await;
+        if !fence.no_write_in_flight || stripe.epoch != fence.epoch {
+            Counters::bump(&self.counters.stale_fills_prevented);
+            return;
+        }
+        let ttl = match value {
+            Some(_) => self.config.ttl,
+            None => match self.config.negative_ttl {
+                Some(ttl) => Some(ttl),
+                None => return,
+            },
+        };
+        let entry = Cached {
+            value: value.clone(),
+            loaded_at: Instant::now(),
+        };
+        if self.tier.insert(key.clone(), entry, ttl).await.is_err() {
+            Counters::bump(&self.counters.tier_errors);
+        }
+        drop(stripe);
+    }
+
+    pub(crate) async fn get_many(
+        self: &Arc<Self>,
+        keys: &[S::Key],
+    ) -> Result<Vec<Option<S::Value>>> {
+        let mut answers = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match self.lookup(key).await {
+                Some(entry) => {
+                    self.hit(key, &entry);
+                    answers.push(entry.value);
+                }
+                None => {
+                    self.counters.misses.add(1);
+                    answers.push(None);
+                    missing.push(i);
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(answers);
+        }
+        let mut flight_of: HashMap<&S::Key, Flight<S::Value>> = HashMap::new();
+        let mut to_load = Vec::new();
+        for &i in &missing {
+            let key = &keys[i];
+            if flight_of.contains_key(key) {
+                continue;
+            }
+            let flight = match self.flights.entry(key.clone()) {
+                Entry::Occupied(entry) => entry.get().clone(),
+                Entry::Vacant(entry) => {
+                    let (sender, flight) = watch::channel(None);
+                    entry.insert(flight.clone());
+                    to_load.push((key.clone(), sender, flight.clone()));
+                    flight
+                }
+            };
+            flight_of.insert(key, flight);
+        }
+        if !to_load.is_empty() {
+            self.spawn_batch_load(to_load);
+        }
+        for i in missing {
+            let flight = flight_of[&keys[i]].clone();
+            answers[i] = Self::wait(flight).await?;
+        }
+        Ok(answers)
+    }
+
+    /// Loads many keys with one `get_many` on the store, in its own task.
+    fn spawn_batch_load(
+        self: &Arc<Self>,
+        batch: Vec<Led<S::Key, S::Value>>,
+    ) {
+        let core = Arc::clone(self);
+        let span = tracing::debug_span!("scalekit.cache.load", keys = batch.len());
+        tokio::spawn(
+            async move {
+                let mut fences = Vec::with_capacity(batch.len());
+                for (key, _, _) in &batch {
+                    fences.push(core.load_fence(key).await);
+                }
+                let keys: Vec<S::Key> = batch.iter().map(|(key, _, _)| key.clone()).collect();
+                let started = Instant::now();
+                let result = core.store.get_many(&keys).await.and_then(|values| {
+                    if values.len() == keys.len() {
+                        Ok(values)
+                    } else {
+                        Err(Error::backend(
+                            "cache",
+                            "get_many",
+                            WrongAnswerCount {
+                                asked: keys.len(),
+                                answered: values.len(),
+                            },
+                        ))
+                    }
+                });
+                core.record_load(started, result.is_ok());
+                match result {
+                    Ok(values) => {
+                        for (((key, sender, flight), value), fence) in
+                            batch.into_iter().zip(values).zip(fences)
+                        {
+                            core.fill(&key, &value, fence).await;
+                            let _ = sender.send(Some(Ok(value)));
+                            core.flights
+                                .remove_if(&key, |_, current| current.same_channel(&flight));
+                        }
+                    }
+                    Err(error) => {
+                        for (key, sender, flight) in batch {
+                            let _ = sender.send(Some(Err(error.clone())));
+                            core.flights
+                                .remove_if(&key, |_, current| current.same_channel(&flight));
+                        }
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Runs a write in its own task (so a cancelled caller cannot leave a
+    /// stripe fenced) and waits for it.
+    pub(crate) async fn write(
+        self: &Arc<Self>,
+        batch: Vec<Write<S::Key, S::Value>>,
+    ) -> Result<Position> {
+        let core = Arc::clone(self);
+        tokio::spawn(async move { core.write_fenced(batch).await })
+            .await
+            .map_err(|_| task_failed("write"))?
+    }
+
+    async fn write_fenced(&self, batch: Vec<Write<S::Key, S::Value>>) -> Result<Position> {
+        let finals = Write::coalesce(batch.clone());
+        let mut stripes: Vec<usize> = finals.iter().map(|w| self.stripe_of(w.key())).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut fences = Vec::with_capacity(stripes.len());
+        for &index in &stripes {
+            let mut stripe = self.stripes[index].lock().await;
+            stripe.epoch += 1;
+            stripe.writes_in_flight += 1;
+            fences.push(WriteFence {
+                stripe: index,
+                epoch: stripe.epoch,
+                alone: stripe.writes_in_flight == 1,
+            });
+        }
+        for write in &finals {
+            self.flights.remove(write.key());
+        }
+        let result = match <[_; 1]>::try_from(batch) {
+            Ok([Write::Put(key, value)]) => self.store.put(key, value).await,
+            Ok([Write::Delete(key)]) => self.store.delete(&key).await,
+            Err(batch) => self.store.write_batch(batch).await,
+        };
+        for fence in fences {
+            let mut stripe = self.stripes[fence.stripe].lock().await;
+            let undisturbed = fence.alone && stripe.epoch == fence.epoch;
+            stripe.writes_in_flight -= 1;
+            for write in finals
+                .iter()
+                .filter(|w| self.stripe_of(w.key()) == fence.stripe)
+            {
+                self.flights.remove(write.key());
+                self.settle(write, result.is_ok(), undisturbed).await;
+            }
+        }
+        result
+    }
+
+    /// Updates or invalidates the tier after a write (under its stripe lock).
+    async fn settle(&self, write: &Write<S::Key, S::Value>, ok: bool, undisturbed: bool) {
+        let key = write.key();
+        let outcome = match (self.config.mode, ok) {
+            (WriteMode::Update, false) => return,
+            (WriteMode::Update, true) if undisturbed => {
+                let (value, ttl) = match write {
+                    Write::Put(_, value) => (Some(value.clone()), self.config.ttl),
+                    Write::Delete(_) => match self.config.negative_ttl {
+                        Some(ttl) => (None, Some(ttl)),
+                        None => return self.remove_from_tier(key).await,
+                    },
+                };
+                let entry = Cached {
+                    value,
+                    loaded_at: Instant::now(),
+                };
+                self.tier.insert(key.clone(), entry, ttl).await
+            }
+            _ => self.tier.remove(key).await,
+        };
+        if outcome.is_err() {
+            Counters::bump(&self.counters.tier_errors);
+        }
+    }
+
+    async fn remove_from_tier(&self, key: &S::Key) {
+        if self.tier.remove(key).await.is_err() {
+            Counters::bump(&self.counters.tier_errors);
+        }
+    }
+
+    /// Drops `key` from the tier and detaches its loads in flight, fenced
+    /// like a write, so no load that started before can fill it back.
+    pub(crate) async fn invalidate(&self, key: &S::Key) {
+        let mut stripe = self.stripes[self.stripe_of(key)].lock().await;
+        stripe.epoch += 1;
+        self.flights.remove(key);
+        self.remove_from_tier(key).await;
+    }
+}

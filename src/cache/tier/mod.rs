@@ -1,0 +1,60 @@
+//! Cache tiers: where a cache layer keeps its entries.
+//!
+//! A [`CacheTier`] is a bounded map with optional per-entry expiry. The
+//! cache layers ([`ReadThrough`](crate::cache::ReadThrough),
+//! [`WriteThrough`](crate::cache::WriteThrough)) decide *what* goes in and
+//! when; the tier decides what to evict and when entries expire.
+//!
+//! | tier | where | bound | expiry |
+//! |---|---|---|---|
+//! | [`MemoryTier`] (feature `quick-cache`, default) | in-process, on quick_cache | entries or weight | per-entry TTL, time-to-idle |
+//!
+//! A tier's `get` and `insert` are async so that a networked tier can
+//! implement them; the in-process tier's futures are ready at once.
+
+#[cfg(feature = "quick-cache")]
+mod memory;
+
+#[cfg(feature = "quick-cache")]
+pub use memory::{MemoryTier, MemoryTierBuilder};
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::hash::Hash;
+use std::time::Duration;
+
+use crate::Result;
+
+/// A bounded key-value map with optional per-entry time-to-live: the
+/// storage behind a cache layer.
+pub trait CacheTier: Debug + Send + Sync + 'static {
+    /// The key type.
+    type Key: Clone + Eq + Hash + Send + Sync + 'static;
+    /// The value type.
+    type Value: Clone + Send + Sync + 'static;
+
+    /// The entry for `key`, unless absent, evicted or expired.
+    fn get(&self, key: &Self::Key) -> impl Future<Output = Result<Option<Self::Value>>> + Send;
+
+    /// Inserts or replaces an entry; `ttl` overrides the tier's default
+    /// time-to-live for this entry (`None`: the default, if any).
+    fn insert(
+        &self,
+        key: Self::Key,
+        value: Self::Value,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Removes an entry (absent keys are fine).
+    fn remove(&self, key: &Self::Key) -> impl Future<Output = Result<()>> + Send;
+
+    /// Removes every entry.
+    fn clear(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// How many entries the tier holds (expired ones not yet evicted may
+    /// count).
+    fn entry_count(&self) -> impl Future<Output = Result<u64>> + Send;
+
+    /// How many entries the tier has evicted to stay within its bound.
+    fn evictions(&self) -> u64;
+}
