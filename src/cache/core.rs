@@ -344,10 +344,7 @@ where
     }
 
     /// Loads many keys with one `get_many` on the store, in its own task.
-    fn spawn_batch_load(
-        self: &Arc<Self>,
-        batch: Vec<Led<S::Key, S::Value>>,
-    ) {
+    fn spawn_batch_load(self: &Arc<Self>, batch: Vec<Led<S::Key, S::Value>>) {
         let core = Arc::clone(self);
         let span = tracing::debug_span!("scalekit.cache.load", keys = batch.len());
         tokio::spawn(

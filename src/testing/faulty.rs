@@ -114,6 +114,7 @@ impl SplitMix64 {
 pub struct FaultyStore<S> {
     inner: S,
     latency: Duration,
+    jitter: Duration,
     fail_every: Option<u64>,
     probability: f64,
     rng: Mutex<SplitMix64>,
@@ -130,6 +131,7 @@ impl<S: fmt::Debug> fmt::Debug for FaultyStore<S> {
         f.debug_struct("FaultyStore")
             .field("inner", &self.inner)
             .field("latency", &self.latency)
+            .field("jitter", &self.jitter)
             .field("fail_every", &self.fail_every)
             .field("probability", &self.probability)
             .field("fail_all", &self.fail_all.load(Ordering::Relaxed))
@@ -144,6 +146,7 @@ impl<S> FaultyStore<S> {
         FaultyStoreBuilder {
             inner,
             latency: Duration::ZERO,
+            jitter: Duration::ZERO,
             fail_every: None,
             probability: None,
             on: Operation::ALL.to_vec(),
@@ -156,6 +159,7 @@ impl<S> FaultyStore<S> {
         FaultyStore {
             inner,
             latency: Duration::ZERO,
+            jitter: Duration::ZERO,
             fail_every: None,
             probability: 0.0,
             rng: Mutex::new(SplitMix64(0)),
@@ -201,11 +205,29 @@ impl<S> FaultyStore<S> {
         is_injected(error)
     }
 
+    /// A random delay up to the configured jitter (zero without jitter).
+    fn random_jitter(&self) -> Duration {
+        if self.jitter.is_zero() {
+            return Duration::ZERO;
+        }
+        let mut rng = self.rng.lock().unwrap_or_else(|poison| poison.into_inner());
+        self.jitter.mul_f64(rng.next_f64())
+    }
+
+    /// Waits the response half of the jitter, after the inner call.
+    async fn leave(&self) {
+        let delay = self.random_jitter();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     /// Counts the call, sleeps the latency, and decides whether it fails.
     async fn enter(&self, op: Operation) -> Result<()> {
         self.counts[op.index()].fetch_add(1, Ordering::AcqRel);
-        if !self.latency.is_zero() {
-            tokio::time::sleep(self.latency).await;
+        let delay = self.latency + self.random_jitter();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
         if !self.applies_to[op.index()] {
             return Ok(());
@@ -238,27 +260,37 @@ impl<S: Store> Store for FaultyStore<S> {
 
     async fn get(&self, key: &S::Key) -> Result<Option<S::Value>> {
         self.enter(Operation::Get).await?;
-        self.inner.get(key).await
+        let answer = self.inner.get(key).await;
+        self.leave().await;
+        answer
     }
 
     async fn put(&self, key: S::Key, value: S::Value) -> Result<Position> {
         self.enter(Operation::Put).await?;
-        self.inner.put(key, value).await
+        let answer = self.inner.put(key, value).await;
+        self.leave().await;
+        answer
     }
 
     async fn delete(&self, key: &S::Key) -> Result<Position> {
         self.enter(Operation::Delete).await?;
-        self.inner.delete(key).await
+        let answer = self.inner.delete(key).await;
+        self.leave().await;
+        answer
     }
 
     async fn get_many(&self, keys: &[S::Key]) -> Result<Vec<Option<S::Value>>> {
         self.enter(Operation::GetMany).await?;
-        self.inner.get_many(keys).await
+        let answer = self.inner.get_many(keys).await;
+        self.leave().await;
+        answer
     }
 
     async fn write_batch(&self, batch: Vec<Write<S::Key, S::Value>>) -> Result<Position> {
         self.enter(Operation::WriteBatch).await?;
-        self.inner.write_batch(batch).await
+        let answer = self.inner.write_batch(batch).await;
+        self.leave().await;
+        answer
     }
 }
 
@@ -267,6 +299,7 @@ impl<S: Store> Store for FaultyStore<S> {
 pub struct FaultyStoreBuilder<S> {
     inner: S,
     latency: Duration,
+    jitter: Duration,
     fail_every: Option<u64>,
     probability: Option<(f64, u64)>,
     on: Vec<Operation>,
@@ -276,6 +309,15 @@ impl<S> FaultyStoreBuilder<S> {
     /// Sleeps this long (on tokio's clock) before every call.
     pub fn latency(mut self, latency: Duration) -> Self {
         self.latency = latency;
+        self
+    }
+
+    /// Adds a random delay of up to `jitter` before the inner call and
+    /// another after it (drawn from the seeded generator), so concurrent
+    /// calls interleave in many orders: the request and the response of a
+    /// real network both take varying time.
+    pub fn jitter(mut self, jitter: Duration) -> Self {
+        self.jitter = jitter;
         self
     }
 
@@ -327,6 +369,7 @@ impl<S> FaultyStoreBuilder<S> {
         }
         let mut store = FaultyStore::new(self.inner);
         store.latency = self.latency;
+        store.jitter = self.jitter;
         store.fail_every = self.fail_every;
         store.probability = probability;
         store.rng = Mutex::new(SplitMix64(seed));
