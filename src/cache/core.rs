@@ -194,7 +194,8 @@ where
         }
         self.counters.misses.add(1);
         let (flight, _) = self.join_or_lead(key);
-        Self::wait(flight).await
+        // Boxed so the miss path's state does not weigh on every hit.
+        Box::pin(Self::wait(flight)).await
     }
 
     /// Joins the load of `key` in flight, or starts one; `true` if started.
