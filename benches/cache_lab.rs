@@ -90,7 +90,11 @@ fn hit_ratios() {
 
 /// Reads a Zipf(0.99) stream from `tasks` concurrent tasks; returns the
 /// requests per second and the backend calls.
-async fn drive<S: Store<Key = u64, Value = u64>>(store: Arc<S>, tasks: usize, per_task: usize) -> f64 {
+async fn drive<S: Store<Key = u64, Value = u64>>(
+    store: Arc<S>,
+    tasks: usize,
+    per_task: usize,
+) -> f64 {
     let zipf = Arc::new(Zipf::new(100_000, 0.99));
     let start = Instant::now();
     let handles: Vec<_> = (0..tasks)

@@ -6,7 +6,7 @@
 //! | level of the playbook | scalekit |
 //! |---|---|
 //! | one database | a [`Store`] backend: [`MemoryStore`], [`SqliteStore`](store::SqliteStore) (embedded default), [`PostgresStore`](store::PostgresStore) |
-//! | add caching | read-through, write-through and write-behind caches over any store *(coming)* |
+//! | add caching | [`cache::ReadThrough`] and [`cache::WriteThrough`] over any store, with a pluggable [`cache::CacheTier`]; write-behind *(coming)* |
 //! | read replicas | replica routing: lag- and load-aware, read-your-writes *(coming)* |
 //! | sharding | hash, range and directory routing, online resharding *(coming)* |
 //! | CQRS | command and query buses, projections *(coming)* |
@@ -52,6 +52,7 @@
 //! | feature | default | adds |
 //! |---|---|---|
 //! | `sqlite` | yes | [`SqliteStore`](store::SqliteStore) over a bundled SQLite |
+//! | `quick-cache` | yes | [`cache::MemoryTier`], the in-process cache tier |
 //! | `postgres` | no | [`PostgresStore`](store::PostgresStore) over tokio-postgres with a pool |
 //! | `serde` | no | [`codec::JsonEncoded`] for any serde type; serde for [`Position`] |
 //! | `testing` | no | `scalekit::testing`: conformance suite, model test, `FaultyStore` |

@@ -10,6 +10,7 @@
 //! | a hot key whose reload is slow | either, with `refresh_after`: serve the old value while one background load replaces it |
 //! | many lookups of keys that do not exist | either, with `negative_ttl` |
 //! | a bound in bytes rather than entries | [`MemoryTier`] with `max_weight` |
+//! | many processes that should share one cache | a `RedisTier` (feature `redis`) |
 //!
 //! Both layers wrap any [`Store`](crate::Store) and are themselves stores,
 //! so they stack with every other layer.
@@ -45,3 +46,5 @@ pub use self::stats::CacheStats;
 pub use self::tier::CacheTier;
 #[cfg(feature = "quick-cache")]
 pub use self::tier::{MemoryTier, MemoryTierBuilder};
+#[cfg(feature = "redis")]
+pub use self::tier::{RedisTier, RedisTierBuilder};

@@ -8,6 +8,7 @@
 //! | tier | where | bound | expiry |
 //! |---|---|---|---|
 //! | [`MemoryTier`] (feature `quick-cache`, default) | in-process, on quick_cache | entries or weight | per-entry TTL, time-to-idle |
+//! | [`RedisTier`] (feature `redis`) | Redis, shared by many processes | Redis's `maxmemory` policy | per-entry TTL as Redis expiry |
 //!
 //! A tier's `get` and `insert` are async so that a networked tier can
 //! implement them; the in-process tier's futures are ready at once.
@@ -17,6 +18,10 @@ mod memory;
 
 #[cfg(feature = "quick-cache")]
 pub use memory::{MemoryTier, MemoryTierBuilder};
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisTier, RedisTierBuilder};
 
 use std::fmt::Debug;
 use std::future::Future;

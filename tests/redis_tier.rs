@@ -1,0 +1,234 @@
+//! RedisTier against the real Redis on 127.0.0.1:6379 (override with
+//! SCALEKIT_REDIS_URL).
+#![cfg(feature = "redis")]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use scalekit::cache::{CacheTier, Cached, ReadThrough, RedisTier, WriteThrough};
+use scalekit::testing::{conformance, ModelTest};
+use scalekit::{Error, MemoryStore, Store};
+
+fn url() -> String {
+    std::env::var("SCALEKIT_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string())
+}
+
+fn fresh_namespace(purpose: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "test:{purpose}:{}:{}:{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn redis_tier<K, V>(namespace: &str) -> RedisTier<K, V> {
+    RedisTier::builder()
+        .url(url())
+        .namespace(namespace)
+        .build()
+        .await
+        .expect("connect to Redis on 127.0.0.1:6379 (see .ci/run)")
+}
+
+fn entry<V>(value: Option<V>) -> Cached<V> {
+    Cached {
+        value,
+        loaded_at: tokio::time::Instant::now(),
+    }
+}
+
+#[tokio::test]
+async fn entries_round_trip_expire_and_clear_within_their_namespace() {
+    let ns = fresh_namespace("basics");
+    let tier = redis_tier::<u64, String>(&ns).await;
+    let other = redis_tier::<u64, String>(&fresh_namespace("other")).await;
+    tier.insert(1, entry(Some("one".into())), None)
+        .await
+        .unwrap();
+    tier.insert(2, entry(None), None).await.unwrap();
+    other
+        .insert(1, entry(Some("elsewhere".into())), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        tier.get(&1).await.unwrap().unwrap().value,
+        Some("one".into())
+    );
+    assert_eq!(
+        tier.get(&2).await.unwrap().unwrap().value,
+        None,
+        "a negative entry"
+    );
+    assert!(tier.get(&3).await.unwrap().is_none());
+    assert_eq!(tier.entry_count().await.unwrap(), 2);
+
+    tier.insert(
+        4,
+        entry(Some("brief".into())),
+        Some(Duration::from_millis(100)),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(tier.get(&4).await.unwrap().is_none(), "expired by Redis");
+
+    tier.remove(&1).await.unwrap();
+    assert!(tier.get(&1).await.unwrap().is_none());
+    tier.clear().await.unwrap();
+    assert_eq!(tier.entry_count().await.unwrap(), 0);
+    assert_eq!(
+        other.get(&1).await.unwrap().unwrap().value,
+        Some("elsewhere".into()),
+        "clear stays in its namespace"
+    );
+    other.clear().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_load_time_survives_the_trip_so_refresh_ahead_works_across_processes() {
+    let tier = redis_tier::<u64, u64>(&fresh_namespace("age")).await;
+    let old = tokio::time::Instant::now() - Duration::from_secs(30);
+    tier.insert(
+        1,
+        Cached {
+            value: Some(1),
+            loaded_at: old,
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let back = tier.get(&1).await.unwrap().unwrap();
+    let age = back.loaded_at.elapsed();
+    assert!(
+        age >= Duration::from_secs(29) && age < Duration::from_secs(32),
+        "{age:?}"
+    );
+    tier.clear().await.unwrap();
+}
+
+#[tokio::test]
+async fn undecodable_entries_are_codec_errors_and_the_cache_falls_back_to_the_store() {
+    let ns = fresh_namespace("codec");
+    let bytes = redis_tier::<u64, Vec<u8>>(&ns).await;
+    bytes
+        .insert(1, entry(Some(vec![0xff, 0xfe])), None)
+        .await
+        .unwrap();
+    let text = redis_tier::<u64, String>(&ns).await;
+    assert!(matches!(text.get(&1).await, Err(Error::Codec { .. })));
+
+    let store = MemoryStore::<u64, String>::new();
+    store.put(1, "from the store".into()).await.unwrap();
+    let cache = ReadThrough::builder(store, text).build().unwrap();
+    assert_eq!(cache.get(&1).await.unwrap(), Some("from the store".into()));
+    assert!(cache.stats().tier_errors >= 1);
+    bytes.clear().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caches_over_the_redis_tier_pass_the_conformance_suite_and_the_model() {
+    let ns = fresh_namespace("suite");
+    let read = ReadThrough::builder(MemoryStore::<String, String>::new(), redis_tier(&ns).await)
+        .negative_ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    conformance::run_all(Arc::new(read.clone())).await;
+    read.tier().clear().await.unwrap();
+
+    let ns = fresh_namespace("model");
+    let write = WriteThrough::builder(MemoryStore::<u64, String>::new(), redis_tier(&ns).await)
+        .build()
+        .unwrap();
+    ModelTest::new().cases(32).run(&write).await;
+    write.tier().clear().await.unwrap();
+}
+
+#[tokio::test]
+async fn two_processes_sharing_the_tier_see_each_others_writes() {
+    let ns = fresh_namespace("shared");
+    let database = Arc::new(MemoryStore::<u64, String>::new());
+    let a = WriteThrough::builder(Arc::clone(&database), redis_tier(&ns).await)
+        .build()
+        .unwrap();
+    let b = ReadThrough::builder(Arc::clone(&database), redis_tier(&ns).await)
+        .build()
+        .unwrap();
+    a.put(1, "v1".into()).await.unwrap();
+    assert_eq!(b.get(&1).await.unwrap(), Some("v1".into()));
+    assert_eq!(b.stats().loads, 0, "B hit what A wrote through");
+    b.put(1, "v2".into()).await.unwrap(); // invalidates the shared entry
+    assert_eq!(a.get(&1).await.unwrap(), Some("v2".into()));
+    a.tier().clear().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_is_unavailable_and_bad_configurations_are_config_errors() {
+    let err = RedisTier::<u64, u64>::builder()
+        .url("redis://127.0.0.1:1")
+        .namespace("x")
+        .connect_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unavailable {
+                component: "RedisTier",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let cases = [
+        RedisTier::<u64, u64>::builder()
+            .namespace("x")
+            .build()
+            .await
+            .unwrap_err(),
+        RedisTier::<u64, u64>::builder()
+            .url(url())
+            .build()
+            .await
+            .unwrap_err(),
+        RedisTier::<u64, u64>::builder()
+            .url(url())
+            .namespace("has space*")
+            .build()
+            .await
+            .unwrap_err(),
+        RedisTier::<u64, u64>::builder()
+            .url("not a url")
+            .namespace("x")
+            .build()
+            .await
+            .unwrap_err(),
+        RedisTier::<u64, u64>::builder()
+            .url(url())
+            .namespace("x")
+            .time_to_live(Duration::ZERO)
+            .build()
+            .await
+            .unwrap_err(),
+    ];
+    for err in cases {
+        assert!(
+            matches!(
+                err,
+                Error::Config {
+                    component: "RedisTier",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+}
