@@ -232,3 +232,95 @@ async fn an_unreachable_redis_is_unavailable_and_bad_configurations_are_config_e
         );
     }
 }
+
+mod across_processes {
+    use super::*;
+    use scalekit::cache::{MemoryTier, RedisInvalidation};
+
+    async fn local_cache(
+        database: &Arc<MemoryStore<u64, String>>,
+        channel: &str,
+    ) -> ReadThrough<Arc<MemoryStore<u64, String>>, MemoryTier<u64, Cached<String>>> {
+        ReadThrough::builder(
+            Arc::clone(database),
+            MemoryTier::with_capacity(1_000).unwrap(),
+        )
+        .invalidate_across_processes(RedisInvalidation::connect(&url(), channel).await.unwrap())
+        .build()
+        .unwrap()
+    }
+
+    async fn eventually(mut check: impl AsyncFnMut() -> bool) -> bool {
+        for _ in 0..200 {
+            if check().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_in_one_process_drops_the_key_from_the_others_in_process_tiers() {
+        let channel = fresh_namespace("inv");
+        let database = Arc::new(MemoryStore::<u64, String>::new());
+        let a = local_cache(&database, &channel).await;
+        let b = local_cache(&database, &channel).await;
+        a.put(1, "v1".into()).await.unwrap();
+        assert_eq!(b.get(&1).await.unwrap(), Some("v1".into()));
+        assert!(
+            b.tier().get(&1).await.unwrap().is_some(),
+            "B caches v1 locally"
+        );
+
+        a.put(1, "v2".into()).await.unwrap();
+        assert!(
+            eventually(async || b.tier().get(&1).await.unwrap().is_none()).await,
+            "B's local entry is dropped by A's write"
+        );
+        assert_eq!(b.get(&1).await.unwrap(), Some("v2".into()));
+
+        // An explicit invalidation travels too.
+        database.put(2, "behind".into()).await.unwrap();
+        b.get(&2).await.unwrap();
+        database.put(2, "changed".into()).await.unwrap();
+        a.invalidate(&2).await;
+        assert!(eventually(async || b.tier().get(&2).await.unwrap().is_none()).await);
+        assert_eq!(b.get(&2).await.unwrap(), Some("changed".into()));
+        assert_eq!(a.stats().publish_failures, 0);
+    }
+
+    #[tokio::test]
+    async fn a_bad_channel_name_is_a_config_error_and_building_outside_a_runtime_is_refused() {
+        let err = RedisInvalidation::connect(&url(), "bad name")
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Config {
+                component: "RedisInvalidation",
+                ..
+            }
+        ));
+        let err = RedisInvalidation::connect("redis://127.0.0.1:1", "x")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+
+        let channel = RedisInvalidation::connect(&url(), &fresh_namespace("rt"))
+            .await
+            .unwrap();
+        let built = std::thread::spawn(move || {
+            ReadThrough::builder(
+                MemoryStore::<u64, String>::new(),
+                MemoryTier::with_capacity(10).unwrap(),
+            )
+            .invalidate_across_processes(channel)
+            .build()
+            .map(drop)
+        })
+        .join()
+        .unwrap();
+        assert!(matches!(built, Err(Error::Config { .. })));
+    }
+}

@@ -5,24 +5,29 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::core::{CacheConfig, Cached, Core, WriteMode};
+use super::core::{CacheConfig, Cached, Core, CrossProcess, WriteMode};
 use super::tier::CacheTier;
 use super::{ReadThrough, WriteThrough};
 use crate::store::Store;
 use crate::{Error, Result};
 
+/// Starts cross-process invalidation for a cache being built.
+type StartCrossProcess<S, T> =
+    Box<dyn FnOnce(std::sync::Weak<Core<S, T>>) -> CrossProcess<<S as Store>::Key> + Send>;
+
 /// Configures a [`ReadThrough`] or [`WriteThrough`] cache; start from
 /// [`ReadThrough::builder`] or [`WriteThrough::builder`].
-pub struct CacheBuilder<S, T, L> {
+pub struct CacheBuilder<S: Store, T, L> {
     store: S,
     tier: T,
+    cross_process: Option<StartCrossProcess<S, T>>,
     ttl: Option<Duration>,
     negative_ttl: Option<Duration>,
     refresh_after: Option<Duration>,
     layer: PhantomData<fn() -> L>,
 }
 
-impl<S: fmt::Debug, T: fmt::Debug, L> fmt::Debug for CacheBuilder<S, T, L> {
+impl<S: Store, T: fmt::Debug, L> fmt::Debug for CacheBuilder<S, T, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheBuilder")
             .field("store", &self.store)
@@ -30,6 +35,7 @@ impl<S: fmt::Debug, T: fmt::Debug, L> fmt::Debug for CacheBuilder<S, T, L> {
             .field("ttl", &self.ttl)
             .field("negative_ttl", &self.negative_ttl)
             .field("refresh_after", &self.refresh_after)
+            .field("cross_process", &self.cross_process.is_some())
             .finish()
     }
 }
@@ -43,6 +49,7 @@ where
         CacheBuilder {
             store,
             tier,
+            cross_process: None,
             ttl: None,
             negative_ttl: None,
             refresh_after: None,
@@ -106,7 +113,39 @@ where
             refresh_after: self.refresh_after,
             mode,
         };
-        Ok(Arc::new(Core::new(self.store, self.tier, config)))
+        let (store, tier) = (self.store, self.tier);
+        match self.cross_process {
+            None => Ok(Arc::new(Core::new(store, tier, config, None))),
+            Some(start) => {
+                if tokio::runtime::Handle::try_current().is_err() {
+                    return Err(Error::config(
+                        component,
+                        "invalidation across processes runs a task: build the cache inside a tokio runtime",
+                    ));
+                }
+                Ok(Arc::new_cyclic(|core| {
+                    Core::new(store, tier, config, Some(start(core.clone())))
+                }))
+            }
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl<S, T, L> CacheBuilder<S, T, L>
+where
+    S: Store,
+    S::Key: crate::codec::Codec,
+    T: CacheTier<Key = S::Key, Value = Cached<S::Value>>,
+{
+    /// Keeps this cache's tier coherent with other processes' caches on the
+    /// same channel: writes and invalidations here are published, and keys
+    /// written elsewhere are dropped here. See
+    /// [`RedisInvalidation`](crate::cache::RedisInvalidation) for the
+    /// consistency window. The cache must be built inside a tokio runtime.
+    pub fn invalidate_across_processes(mut self, channel: super::RedisInvalidation) -> Self {
+        self.cross_process = Some(Box::new(move |core| channel.start(core)));
+        self
     }
 }
 

@@ -75,6 +75,16 @@ struct WriteFence {
     alone: bool,
 }
 
+/// Tells other processes which keys changed (see `RedisInvalidation`).
+#[async_trait::async_trait]
+pub(crate) trait Broadcast<K>: fmt::Debug + Send + Sync {
+    async fn publish(&self, keys: &[K]) -> Result<()>;
+}
+
+/// A started cross-process invalidation: the publisher, and the listener
+/// task to stop with the cache.
+pub(crate) type CrossProcess<K> = (Arc<dyn Broadcast<K>>, tokio::task::JoinHandle<()>);
+
 /// What a write does to the tier once the store has taken it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WriteMode {
@@ -100,6 +110,16 @@ pub(crate) struct Core<S: Store, T> {
     hasher: RandomState,
     pub(crate) config: CacheConfig,
     pub(crate) counters: Counters,
+    broadcast: Option<Arc<dyn Broadcast<S::Key>>>,
+    listener: Option<tokio::task::AbortHandle>,
+}
+
+impl<S: Store, T> Drop for Core<S, T> {
+    fn drop(&mut self) {
+        if let Some(listener) = &self.listener {
+            listener.abort();
+        }
+    }
 }
 
 impl<S: Store, T: fmt::Debug> fmt::Debug for Core<S, T> {
@@ -109,6 +129,7 @@ impl<S: Store, T: fmt::Debug> fmt::Debug for Core<S, T> {
             .field("tier", &self.tier)
             .field("config", &self.config)
             .field("loads_in_flight", &self.flights.len())
+            .field("broadcast", &self.broadcast)
             .finish()
     }
 }
@@ -141,7 +162,16 @@ where
     S: Store,
     T: CacheTier<Key = S::Key, Value = Cached<S::Value>>,
 {
-    pub(crate) fn new(store: S, tier: T, config: CacheConfig) -> Self {
+    pub(crate) fn new(
+        store: S,
+        tier: T,
+        config: CacheConfig,
+        cross_process: Option<CrossProcess<S::Key>>,
+    ) -> Self {
+        let (broadcast, listener) = match cross_process {
+            Some((broadcast, listener)) => (Some(broadcast), Some(listener.abort_handle())),
+            None => (None, None),
+        };
         Core {
             store,
             tier,
@@ -152,6 +182,17 @@ where
             hasher: RandomState::new(),
             config,
             counters: Counters::default(),
+            broadcast,
+            listener,
+        }
+    }
+
+    /// Tells the other processes (if any listen) that `keys` changed.
+    async fn publish(&self, keys: &[S::Key]) {
+        if let Some(broadcast) = &self.broadcast {
+            if broadcast.publish(keys).await.is_err() {
+                Counters::bump(&self.counters.publish_failures);
+            }
         }
     }
 
@@ -443,6 +484,10 @@ where
                 self.settle(write, result.is_ok(), undisturbed).await;
             }
         }
+        if self.broadcast.is_some() {
+            let keys: Vec<S::Key> = finals.iter().map(|w| w.key().clone()).collect();
+            self.publish(&keys).await;
+        }
         result
     }
 
@@ -479,11 +524,31 @@ where
     }
 
     /// Drops `key` from the tier and detaches its loads in flight, fenced
-    /// like a write, so no load that started before can fill it back.
+    /// like a write, so no load that started before can fill it back; then
+    /// tells the other processes.
     pub(crate) async fn invalidate(&self, key: &S::Key) {
+        self.invalidate_local(key).await;
+        self.publish(std::slice::from_ref(key)).await;
+    }
+
+    /// [`invalidate`](Self::invalidate) in this process only.
+    pub(crate) async fn invalidate_local(&self, key: &S::Key) {
         let mut stripe = self.stripes[self.stripe_of(key)].lock().await;
         stripe.epoch += 1;
         self.flights.remove(key);
         self.remove_from_tier(key).await;
+    }
+
+    /// Empties the tier, fencing every stripe first so no load in flight
+    /// can fill an entry back.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) async fn clear_local(&self) {
+        for stripe in self.stripes.iter() {
+            stripe.lock().await.epoch += 1;
+        }
+        self.flights.clear();
+        if self.tier.clear().await.is_err() {
+            Counters::bump(&self.counters.tier_errors);
+        }
     }
 }

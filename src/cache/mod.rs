@@ -11,6 +11,7 @@
 //! | many lookups of keys that do not exist | either, with `negative_ttl` |
 //! | a bound in bytes rather than entries | [`MemoryTier`] with `max_weight` |
 //! | many processes that should share one cache | a `RedisTier` (feature `redis`) |
+//! | many processes, each with its own in-process tier | `invalidate_across_processes` with a `RedisInvalidation` (feature `redis`) |
 //!
 //! Both layers wrap any [`Store`](crate::Store) and are themselves stores,
 //! so they stack with every other layer.
@@ -29,18 +30,23 @@
 //!   store; `write_batch` is one `write_batch` on the store.
 //! - **Read-after-write** holds through the cache as it holds on the store.
 //!
-//! Within one process, a write's effect on the tier is immediate. A tier
-//! shared by several processes is not covered here: each process only fences
-//! its own loads.
+//! Within one process, a write's effect on the tier is immediate. Across
+//! processes (a shared `RedisTier`, or in-process tiers kept coherent by a
+//! `RedisInvalidation`), each process fences its own loads; the windows are
+//! described on those types.
 
 mod builder;
 mod core;
+#[cfg(feature = "redis")]
+mod invalidation;
 mod layers;
 mod stats;
 pub mod tier;
 
 pub use self::builder::CacheBuilder;
 pub use self::core::Cached;
+#[cfg(feature = "redis")]
+pub use self::invalidation::RedisInvalidation;
 pub use self::layers::{ReadThrough, WriteThrough};
 pub use self::stats::CacheStats;
 pub use self::tier::CacheTier;

@@ -56,6 +56,7 @@ pub(crate) struct Counters {
     pub(crate) stale_fills_prevented: AtomicU64,
     pub(crate) refreshes: AtomicU64,
     pub(crate) tier_errors: AtomicU64,
+    pub(crate) publish_failures: AtomicU64,
 }
 
 impl Counters {
@@ -75,6 +76,7 @@ impl Counters {
             stale_fills_prevented: load(&self.stale_fills_prevented),
             refreshes: load(&self.refreshes),
             tier_errors: load(&self.tier_errors),
+            publish_failures: load(&self.publish_failures),
         }
     }
 }
@@ -82,6 +84,7 @@ impl Counters {
 /// A snapshot of a cache layer's counters, in the manner of Caffeine's
 /// `CacheStats`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CacheStats {
     /// Reads answered from the tier (negative entries included).
     pub hits: u64,
@@ -102,6 +105,9 @@ pub struct CacheStats {
     pub refreshes: u64,
     /// Tier operations that failed (reads fell back to the store).
     pub tier_errors: u64,
+    /// Invalidations that could not be sent to other processes (their
+    /// entries live until their time-to-live).
+    pub publish_failures: u64,
 }
 
 impl CacheStats {

@@ -1,0 +1,226 @@
+//! Invalidation across processes through Redis pub/sub (feature `redis`).
+
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, PubSubStream};
+
+use super::core::{Broadcast, Cached, Core};
+use super::tier::CacheTier;
+use crate::codec::Codec;
+use crate::error::CodecDirection;
+use crate::store::Store;
+use crate::{Error, Result};
+
+const COMPONENT: &str = "RedisInvalidation";
+
+/// A Redis pub/sub channel that keeps the in-process tiers of many
+/// processes coherent: every write (and every
+/// [`invalidate`](crate::cache::ReadThrough::invalidate)) through a cache
+/// publishes its keys, and every other cache on the channel drops them from
+/// its own tier.
+///
+/// Give one to each cache with
+/// [`CacheBuilder::invalidate_across_processes`](crate::cache::CacheBuilder::invalidate_across_processes).
+///
+/// **Consistency window.** Another process drops a key when the message
+/// reaches it: usually within a millisecond on one network, during which it
+/// may still serve the old value. If the subscription drops, the cache
+/// resubscribes (backing off up to 5 s) and then clears its whole tier,
+/// because messages sent meanwhile are lost; a time-to-live bounds how long
+/// anything can be missed in the worst case.
+///
+/// ```no_run
+/// use scalekit::cache::{MemoryTier, ReadThrough, RedisInvalidation};
+/// use scalekit::MemoryStore;
+///
+/// # async fn demo() -> scalekit::Result<()> {
+/// let channel = RedisInvalidation::connect("redis://127.0.0.1:6379", "users").await?;
+/// let cache = ReadThrough::builder(MemoryStore::<u64, String>::new(), MemoryTier::with_capacity(10_000)?)
+///     .invalidate_across_processes(channel)
+///     .build()?;
+/// # Ok(()) }
+/// ```
+pub struct RedisInvalidation {
+    client: redis::Client,
+    publisher: ConnectionManager,
+    channel: String,
+    origin: u64,
+    stream: PubSubStream,
+}
+
+impl fmt::Debug for RedisInvalidation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisInvalidation")
+            .field("channel", &self.channel)
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+async fn subscribe(client: &redis::Client, channel: &str) -> redis::RedisResult<PubSubStream> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    Ok(pubsub.into_on_message())
+}
+
+impl RedisInvalidation {
+    /// Connects to Redis and subscribes to the channel `name` (ASCII letters,
+    /// digits, `_`, `-`, `.`, `:`); every cache that should stay coherent
+    /// with the others uses the same name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a bad URL or name; [`Error::Unavailable`] when
+    /// Redis cannot be reached.
+    pub async fn connect(url: &str, name: &str) -> Result<Self> {
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+        if !valid {
+            return Err(Error::config(
+                COMPONENT,
+                format!(
+                    "channel name {name:?} must be ASCII letters, digits, '_', '-', '.' or ':'"
+                ),
+            ));
+        }
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::config(COMPONENT, format!("cannot parse the URL: {e}")))?;
+        let unreachable = |source: redis::RedisError| Error::Unavailable {
+            component: COMPONENT,
+            reason: "cannot connect to Redis".to_string(),
+            source: Some(Arc::new(source)),
+        };
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(1);
+        let publisher = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(unreachable)?;
+        let channel = format!("scalekit:invalidate:{name}");
+        let stream = subscribe(&client, &channel).await.map_err(unreachable)?;
+        let origin = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u32(std::process::id());
+            hasher.finish()
+        };
+        Ok(RedisInvalidation {
+            client,
+            publisher,
+            channel,
+            origin,
+            stream,
+        })
+    }
+
+    /// Starts listening for other processes' invalidations on behalf of
+    /// `core`, and returns the publisher for this cache's own writes.
+    pub(crate) fn start<S, T>(
+        self,
+        core: Weak<Core<S, T>>,
+    ) -> (Arc<dyn Broadcast<S::Key>>, tokio::task::JoinHandle<()>)
+    where
+        S: Store,
+        S::Key: Codec,
+        T: CacheTier<Key = S::Key, Value = Cached<S::Value>>,
+    {
+        let publisher = Arc::new(Publisher {
+            connection: self.publisher,
+            channel: self.channel.clone(),
+            origin: self.origin,
+        });
+        let listener = tokio::spawn(listen(
+            self.stream,
+            self.client,
+            self.channel,
+            self.origin,
+            core,
+        ));
+        (publisher, listener)
+    }
+}
+
+/// Publishes `origin ‖ key bytes`, one message per key, in one pipeline.
+#[derive(Debug)]
+struct Publisher {
+    connection: ConnectionManager,
+    channel: String,
+    origin: u64,
+}
+
+#[async_trait]
+impl<K: Codec + Sync> Broadcast<K> for Publisher {
+    async fn publish(&self, keys: &[K]) -> Result<()> {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            let mut message = self.origin.to_be_bytes().to_vec();
+            key.encode(&mut message).map_err(|source| Error::Codec {
+                direction: CodecDirection::Encode,
+                part: "key",
+                source: source.into(),
+            })?;
+            pipe.cmd("PUBLISH").arg(&self.channel).arg(message).ignore();
+        }
+        let mut connection = self.connection.clone();
+        pipe.query_async::<()>(&mut connection)
+            .await
+            .map_err(|source| Error::Unavailable {
+                component: COMPONENT,
+                reason: "cannot publish an invalidation".to_string(),
+                source: Some(Arc::new(source)),
+            })
+    }
+}
+
+/// Drops the keys other processes wrote from the local tier, until the
+/// cache is gone; after a lost subscription, resubscribes and clears.
+async fn listen<S, T>(
+    mut stream: PubSubStream,
+    client: redis::Client,
+    channel: String,
+    origin: u64,
+    core: Weak<Core<S, T>>,
+) where
+    S: Store,
+    S::Key: Codec,
+    T: CacheTier<Key = S::Key, Value = Cached<S::Value>>,
+{
+    loop {
+        while let Some(message) = stream.next().await {
+            let payload = message.get_payload_bytes();
+            let Some((from, key)) = payload.split_first_chunk::<8>() else {
+                continue;
+            };
+            if u64::from_be_bytes(*from) == origin {
+                continue;
+            }
+            let Ok(key) = S::Key::decode(key) else {
+                continue;
+            };
+            // Not upgradable only while the cache is being built (the cache
+            // aborts this task when it is dropped).
+            if let Some(core) = core.upgrade() {
+                core.invalidate_local(&key).await;
+            }
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            tokio::time::sleep(backoff).await;
+            if let Ok(resubscribed) = subscribe(&client, &channel).await {
+                stream = resubscribed;
+                if let Some(core) = core.upgrade() {
+                    core.clear_local().await;
+                }
+                break;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
