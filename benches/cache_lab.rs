@@ -131,7 +131,7 @@ fn load_reduction() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (tasks, per_task) = (64, 500);
+        let (tasks, per_task) = (64, 2_000);
         let direct = Arc::new(backend());
         let direct_rps = drive(Arc::clone(&direct), tasks, per_task).await;
         let direct_calls = direct.calls().total();
