@@ -326,3 +326,35 @@ async fn serde_types_are_stored_as_json_and_bad_json_is_a_codec_error() {
         token
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn sqlite_work_never_blocks_the_runtime_thread() {
+    // On a one-thread runtime, a ticker keeps ticking while a large batch
+    // commits: the SQLite work runs on the store's own threads.
+    let dir = tempfile::tempdir().unwrap();
+    let store: SqliteStore<u64, Vec<u8>> = file_store(&dir, "blocking").await;
+    let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let ticker = {
+        let ticks = Arc::clone(&ticks);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(std::time::Duration::from_millis(1));
+            loop {
+                interval.tick().await;
+                ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+    tokio::task::yield_now().await;
+    let started = std::time::Instant::now();
+    let batch = (0..100_000u64)
+        .map(|k| Write::Put(k, vec![1u8; 64]))
+        .collect();
+    store.write_batch(batch).await.unwrap();
+    let took = started.elapsed();
+    let ticked = ticks.load(std::sync::atomic::Ordering::Relaxed);
+    ticker.abort();
+    assert!(
+        took < std::time::Duration::from_millis(20) || ticked >= 5,
+        "the runtime thread was blocked: {ticked} ticks in {took:?}"
+    );
+}

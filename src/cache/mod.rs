@@ -35,6 +35,27 @@
 //! `RedisInvalidation`), each process fences its own loads; the windows are
 //! described on those types.
 
+//! # Performance (measured on a shared 2-core machine; ratios, not times)
+//!
+//! - **Hit path** (`benches/cache.rs`, a cached key through the concrete
+//!   type): about 4× faster than `moka::future::Cache::get` (1 thread: 109
+//!   vs 455 ns; 2 threads: 69 vs 398 ns per hit), and about 4× slower than
+//!   a bare `quick_cache::sync::Cache<u64, u64>::get` (26 ns), which stores
+//!   a quarter of the bytes and has no load, fence or refresh logic. Closing
+//!   that gap (a tier with compact entries and a synchronous hit path) is
+//!   open work.
+//! - **Hit ratio** of [`MemoryTier`] (`benches/cache_lab.rs`, one stream per
+//!   cache): it is quick_cache's policy, so it ties quick_cache everywhere
+//!   (OLTP 1,000 / 2,000 / 5,000: 35.2 / 43.7 / 54.1 %; P3 at 100,000:
+//!   37.9 %) and beats moka on OLTP at 2,000 and 5,000 and on Zipf(0.9), but
+//!   trails moka on OLTP at 1,000 (35.7 %) and on P3 (39.5 %). An adaptive
+//!   W-TinyLFU tier that wins everywhere is open work.
+//! - **Load taken off the database** (`benches/cache_lab.rs`, Zipf(0.99)
+//!   over 100,000 keys, 1 ms backend, 64 tasks, 128,000 reads from a cold
+//!   start): with 10,000 entries, 72 % hits, 3.6× fewer backend calls and
+//!   3.3× the throughput; with 1,000 entries, 58 % hits, 2.4× fewer calls
+//!   and 2.1× the throughput.
+
 mod builder;
 mod core;
 #[cfg(feature = "redis")]
