@@ -205,6 +205,7 @@ where
     }
 
     /// The tier's entry, or `None` on a miss or a tier failure.
+    #[inline]
     async fn lookup(&self, key: &S::Key) -> Option<Cached<S::Value>> {
         match self.tier.get(key).await {
             Ok(entry) => entry,
@@ -216,6 +217,7 @@ where
     }
 
     /// Counts a hit and starts a refresh when the entry is old enough.
+    #[inline]
     fn hit(self: &Arc<Self>, key: &S::Key, entry: &Cached<S::Value>) {
         self.counters.hits.add(1);
         if let Some(refresh_after) = self.config.refresh_after {

@@ -23,6 +23,7 @@ thread_local! {
     static CELL: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
+#[inline]
 fn my_cell() -> usize {
     CELL.with(|cell| {
         let mut index = cell.get();
@@ -36,6 +37,7 @@ fn my_cell() -> usize {
 }
 
 impl StripedCounter {
+    #[inline]
     pub(crate) fn add(&self, n: u64) {
         self.cells[my_cell()].0.fetch_add(n, Ordering::Relaxed);
     }

@@ -19,10 +19,17 @@ const COMPONENT: &str = "MemoryTier";
 #[derive(Clone)]
 struct Slot<V> {
     value: V,
+    /// `None` for an entry that never expires, so the common hit clones
+    /// one null pointer beside the value.
+    expiry: Option<Arc<Expiry>>,
+}
+
+/// When an entry expires.
+struct Expiry {
     expires_at: Option<Instant>,
     /// Nanoseconds since the tier's epoch of the last read, when the tier
     /// has a time-to-idle.
-    last_access: Option<Arc<AtomicU64>>,
+    last_access: Option<AtomicU64>,
 }
 
 type WeighFn<K, V> = Arc<dyn Fn(&K, &V) -> u64 + Send + Sync>;
@@ -139,14 +146,15 @@ where
         now.saturating_duration_since(self.epoch).as_nanos() as u64
     }
 
+    #[inline]
     fn lookup(&self, key: &K) -> Option<V> {
         let slot = self.cache.get(key)?;
-        if slot.expires_at.is_none() && slot.last_access.is_none() {
+        let Some(expiry) = &slot.expiry else {
             return Some(slot.value);
-        }
+        };
         let now = Instant::now();
-        let expired = slot.expires_at.is_some_and(|at| at <= now)
-            || match (&slot.last_access, self.time_to_idle) {
+        let expired = expiry.expires_at.is_some_and(|at| at <= now)
+            || match (&expiry.last_access, self.time_to_idle) {
                 (Some(last), Some(tti)) => {
                     let idle = self
                         .nanos_since_epoch(now)
@@ -157,14 +165,14 @@ where
             };
         if expired {
             self.cache.remove_if(key, |current| {
-                match (&current.last_access, &slot.last_access) {
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                    _ => current.expires_at == slot.expires_at,
-                }
+                current
+                    .expiry
+                    .as_ref()
+                    .is_some_and(|current| Arc::ptr_eq(current, expiry))
             });
             return None;
         }
-        if let Some(last) = &slot.last_access {
+        if let Some(last) = &expiry.last_access {
             last.store(self.nanos_since_epoch(now), Ordering::Relaxed);
         }
         Some(slot.value)
@@ -189,11 +197,14 @@ where
         let now = needs_clock.then(Instant::now);
         let slot = Slot {
             value,
-            expires_at: ttl.zip(now).map(|(ttl, now)| now + ttl),
-            last_access: self
-                .time_to_idle
-                .zip(now)
-                .map(|(_, now)| Arc::new(AtomicU64::new(self.nanos_since_epoch(now)))),
+            expiry: now.map(|now| {
+                Arc::new(Expiry {
+                    expires_at: ttl.map(|ttl| now + ttl),
+                    last_access: self
+                        .time_to_idle
+                        .map(|_| AtomicU64::new(self.nanos_since_epoch(now))),
+                })
+            }),
         };
         self.cache.insert(key, slot);
         Ok(())
