@@ -217,7 +217,7 @@ where
     }
 
     /// Counts a hit and starts a refresh when the entry is old enough.
-    #[inline]
+    #[inline(always)]
     fn hit(self: &Arc<Self>, key: &S::Key, entry: &Cached<S::Value>) {
         self.counters.hits.add(1);
         if let Some(refresh_after) = self.config.refresh_after {
@@ -228,6 +228,14 @@ where
                 }
             }
         }
+    }
+
+    /// A hit answered without waiting, when the tier can answer at once.
+    #[inline]
+    pub(crate) fn get_now(self: &Arc<Self>, key: &S::Key) -> Option<Option<S::Value>> {
+        let entry = self.tier.get_now(key)??;
+        self.hit(key, &entry);
+        Some(entry.value)
     }
 
     pub(crate) async fn get(self: &Arc<Self>, key: &S::Key) -> Result<Option<S::Value>> {

@@ -76,6 +76,9 @@ macro_rules! cache_layer {
             type Value = S::Value;
 
             async fn get(&self, key: &S::Key) -> Result<Option<S::Value>> {
+                if let Some(value) = self.core.get_now(key) {
+                    return Ok(value);
+                }
                 self.core.get(key).await
             }
 

@@ -37,7 +37,7 @@ fn my_cell() -> usize {
 }
 
 impl StripedCounter {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn add(&self, n: u64) {
         self.cells[my_cell()].0.fetch_add(n, Ordering::Relaxed);
     }

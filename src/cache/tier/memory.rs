@@ -146,7 +146,7 @@ where
         now.saturating_duration_since(self.epoch).as_nanos() as u64
     }
 
-    #[inline]
+    #[inline(always)]
     fn lookup(&self, key: &K) -> Option<V> {
         let slot = self.cache.get(key)?;
         let Some(expiry) = &slot.expiry else {
@@ -189,6 +189,11 @@ where
 
     async fn get(&self, key: &K) -> Result<Option<V>> {
         Ok(self.lookup(key))
+    }
+
+    #[inline]
+    fn get_now(&self, key: &K) -> Option<Option<V>> {
+        Some(self.lookup(key))
     }
 
     async fn insert(&self, key: K, value: V, ttl: Option<Duration>) -> Result<()> {

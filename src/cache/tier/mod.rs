@@ -41,6 +41,15 @@ pub trait CacheTier: Debug + Send + Sync + 'static {
     /// The entry for `key`, unless absent, evicted or expired.
     fn get(&self, key: &Self::Key) -> impl Future<Output = Result<Option<Self::Value>>> + Send;
 
+    /// Answers from memory without waiting, where the tier can: `Some` of
+    /// what [`get`](CacheTier::get) would return, or `None` when only the
+    /// async `get` can answer (a networked tier: the default). The cache
+    /// layers try this first, so an in-process hit pays for no future.
+    fn get_now(&self, key: &Self::Key) -> Option<Option<Self::Value>> {
+        let _ = key;
+        None
+    }
+
     /// Inserts or replaces an entry; `ttl` overrides the tier's default
     /// time-to-live for this entry (`None`: the default, if any).
     fn insert(
