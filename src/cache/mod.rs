@@ -38,12 +38,14 @@
 //! # Performance (measured on a shared 2-core machine; ratios, not times)
 //!
 //! - **Hit path** (`benches/cache.rs`, a cached key through the concrete
-//!   type): about 4× faster than `moka::future::Cache::get` (1 thread: 109
-//!   vs 455 ns; 2 threads: 69 vs 398 ns per hit), and about 4× slower than
-//!   a bare `quick_cache::sync::Cache<u64, u64>::get` (26 ns), which stores
-//!   a quarter of the bytes and has no load, fence or refresh logic. Closing
-//!   that gap (a tier with compact entries and a synchronous hit path) is
-//!   open work.
+//!   type): about 4× faster than `moka::future::Cache::get` (1 thread: 114
+//!   vs 469 ns; 2 threads: 87 vs 467 ns per hit), and still slower than a
+//!   bare `quick_cache::sync::Cache<u64, u64>::get` (27 / 22 ns), which
+//!   stores a quarter of the bytes and has no load, fence or refresh logic.
+//!   Wall-clock figures swing by 2× between runs on this machine; counted
+//!   instructions (callgrind) are steadier: 175 per hit against
+//!   quick_cache's 100, i.e. 1.75×. Reaching 1.5× (a tier with compact
+//!   entries, cheaper hit accounting) is open work.
 //! - **Hit ratio** of [`MemoryTier`] (`benches/cache_lab.rs`, one stream per
 //!   cache): it is quick_cache's policy, so it ties quick_cache everywhere
 //!   (OLTP 1,000 / 2,000 / 5,000: 35.2 / 43.7 / 54.1 %; P3 at 100,000:
