@@ -195,38 +195,29 @@ fn faulty_store(seed: u64) -> FaultyStore<MemoryStore<u64, u16>> {
         .unwrap()
 }
 
+/// Runs the model over the cache `build` makes from a faulty store.
+fn run_cache_model<C: Backed>(build: fn(Faulty) -> C) {
+    run_model(move |seed| {
+        Box::new(move |tasks| runtime().block_on(run_tasks(build(faulty_store(seed)), tasks)))
+    });
+}
+
 #[test]
 fn read_through_reads_are_linearizable_with_concurrent_writes_and_faults() {
-    run_model(|seed| {
-        Box::new(move |tasks| {
-            runtime().block_on(async move {
-                let cache = ReadThrough::builder(
-                    faulty_store(seed),
-                    MemoryTier::with_capacity(64).unwrap(),
-                )
-                .negative_ttl(Duration::from_secs(60))
-                .build()
-                .unwrap();
-                run_tasks(cache, tasks).await
-            })
-        })
+    run_cache_model(|store| {
+        ReadThrough::builder(store, MemoryTier::with_capacity(64).unwrap())
+            .negative_ttl(Duration::from_secs(60))
+            .build()
+            .unwrap()
     });
 }
 
 #[test]
 fn write_through_reads_are_linearizable_with_concurrent_writes_and_faults() {
-    run_model(|seed| {
-        Box::new(move |tasks| {
-            runtime().block_on(async move {
-                let cache = WriteThrough::builder(
-                    faulty_store(seed),
-                    MemoryTier::with_capacity(64).unwrap(),
-                )
-                .negative_ttl(Duration::from_secs(60))
-                .build()
-                .unwrap();
-                run_tasks(cache, tasks).await
-            })
-        })
+    run_cache_model(|store| {
+        WriteThrough::builder(store, MemoryTier::with_capacity(64).unwrap())
+            .negative_ttl(Duration::from_secs(60))
+            .build()
+            .unwrap()
     });
 }

@@ -2,7 +2,8 @@
 //! (override with SCALEKIT_POSTGRES_URL).
 #![cfg(feature = "postgres")]
 
-use std::sync::atomic::{AtomicU32, Ordering};
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,16 +18,7 @@ fn url() -> String {
 
 /// A table name no other test (or earlier run) uses.
 fn fresh_table(purpose: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "t_{purpose}_{}_{}_{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    common::unique_name(&format!("t_{purpose}"), '_')
 }
 
 async fn store<K, V>(table: &str) -> PostgresStore<K, V> {

@@ -2,7 +2,8 @@
 //! SCALEKIT_REDIS_URL).
 #![cfg(feature = "redis")]
 
-use std::sync::atomic::{AtomicU32, Ordering};
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,16 +16,7 @@ fn url() -> String {
 }
 
 fn fresh_namespace(purpose: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "test:{purpose}:{}:{}:{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    common::unique_name(&format!("test:{purpose}"), ':')
 }
 
 async fn redis_tier<K, V>(namespace: &str) -> RedisTier<K, V> {

@@ -77,18 +77,7 @@ impl RedisInvalidation {
     /// [`Error::Config`] for a bad URL or name; [`Error::Unavailable`] when
     /// Redis cannot be reached.
     pub async fn connect(url: &str, name: &str) -> Result<Self> {
-        let valid = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
-        if !valid {
-            return Err(Error::config(
-                COMPONENT,
-                format!(
-                    "channel name {name:?} must be ASCII letters, digits, '_', '-', '.' or ':'"
-                ),
-            ));
-        }
+        super::tier::validate_redis_name(COMPONENT, "channel name", name)?;
         let client = redis::Client::open(url)
             .map_err(|e| Error::config(COMPONENT, format!("cannot parse the URL: {e}")))?;
         let unreachable = |source: redis::RedisError| Error::Unavailable {

@@ -21,6 +21,8 @@ pub use memory::{MemoryTier, MemoryTierBuilder};
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "redis")]
+pub(crate) use self::redis::validate_name as validate_redis_name;
+#[cfg(feature = "redis")]
 pub use self::redis::{RedisTier, RedisTierBuilder};
 
 use std::fmt::Debug;

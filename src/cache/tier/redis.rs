@@ -91,6 +91,24 @@ fn redis_error(operation: &'static str) -> impl Fn(redis::RedisError) -> Error {
     }
 }
 
+/// Checks a name that becomes part of Redis keys or channels: non-empty
+/// ASCII letters, digits, `_`, `-`, `.` and `:` (no glob characters, so a
+/// `SCAN MATCH` on it is exact).
+pub(crate) fn validate_name(component: &'static str, what: &str, name: &str) -> Result<()> {
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::config(
+            component,
+            format!("{what} {name:?} must be ASCII letters, digits, '_', '-', '.' or ':'"),
+        ))
+    }
+}
+
 /// A stored entry too short to hold its header.
 #[derive(Debug)]
 struct Truncated(usize);
@@ -336,18 +354,7 @@ impl<K, V> RedisTierBuilder<K, V> {
         let namespace = self
             .namespace
             .ok_or_else(|| Error::config(COMPONENT, "no namespace: call .namespace(..)"))?;
-        let valid = !namespace.is_empty()
-            && namespace
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
-        if !valid {
-            return Err(Error::config(
-                COMPONENT,
-                format!(
-                    "namespace {namespace:?} must be ASCII letters, digits, '_', '-', '.' or ':'"
-                ),
-            ));
-        }
+        validate_name(COMPONENT, "namespace", &namespace)?;
         for (name, duration) in [
             ("time_to_live", self.time_to_live),
             ("connect_timeout", Some(self.connect_timeout)),
