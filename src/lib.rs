@@ -54,6 +54,7 @@
 //! | `sqlite` | yes | [`SqliteStore`](store::SqliteStore) over a bundled SQLite |
 //! | `quick-cache` | yes | [`cache::MemoryTier`], the in-process cache tier |
 //! | `postgres` | no | [`PostgresStore`](store::PostgresStore) over tokio-postgres with a pool |
+//! | `redis` | no | `cache::RedisTier` (a cache tier shared by many processes) and `cache::RedisInvalidation` (coherent in-process tiers across processes) |
 //! | `serde` | no | [`codec::JsonEncoded`] for any serde type; serde for [`Position`] |
 //! | `testing` | no | `scalekit::testing`: conformance suite, model test, `FaultyStore` |
 #![cfg_attr(docsrs, feature(doc_cfg))]
