@@ -568,3 +568,49 @@ async fn the_memory_tier_expires_by_ttl_and_idle_time_and_counts_evictions() {
     }
     assert!(weighed.entry_count().await.unwrap() <= 10);
 }
+
+/// A store that panics on the write of one poisoned value.
+#[derive(Debug, Default)]
+struct PanicsOnPoison {
+    inner: MemoryStore<u64, String>,
+}
+
+impl Store for PanicsOnPoison {
+    type Key = u64;
+    type Value = String;
+
+    async fn get(&self, key: &u64) -> Result<Option<String>> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: u64, value: String) -> Result<Position> {
+        assert_ne!(value, "poison", "the backend panics on this value");
+        self.inner.put(key, value).await
+    }
+    async fn delete(&self, key: &u64) -> Result<Position> {
+        self.inner.delete(key).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_store_write_is_an_error_and_leaves_the_cache_working() {
+    let cache = ReadThrough::builder(PanicsOnPoison::default(), tier())
+        .build()
+        .unwrap();
+    cache.put(1, "before".into()).await.unwrap();
+    assert_eq!(cache.get(&1).await.unwrap(), Some("before".into()));
+    let err = cache.put(1, "poison".into()).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    // The key's stripe is released (by a task the unwinding write spawns):
+    // a miss fills the tier again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let loads = cache.stats().loads;
+    assert_eq!(cache.get(&1).await.unwrap(), Some("before".into()));
+    assert_eq!(cache.get(&1).await.unwrap(), Some("before".into()));
+    assert_eq!(
+        cache.stats().loads,
+        loads + 1,
+        "one load, then hits: fills work again"
+    );
+    cache.put(1, "after".into()).await.unwrap();
+    assert_eq!(cache.get(&1).await.unwrap(), Some("after".into()));
+}

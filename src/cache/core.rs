@@ -85,6 +85,39 @@ pub(crate) trait Broadcast<K>: fmt::Debug + Send + Sync {
 /// task to stop with the cache.
 pub(crate) type CrossProcess<K> = (Arc<dyn Broadcast<K>>, tokio::task::JoinHandle<()>);
 
+/// Releases a write's stripes if the store panics mid-write, so the
+/// stripes do not stay fenced forever; the written keys are invalidated,
+/// since what the store kept is unknown. Disarmed (`core: None`) once the
+/// store has answered.
+struct FenceRelease<S, T>
+where
+    S: Store,
+    T: CacheTier<Key = S::Key, Value = Cached<S::Value>>,
+{
+    core: Option<Arc<Core<S, T>>>,
+    stripes: Vec<usize>,
+    keys: Vec<S::Key>,
+}
+
+impl<S, T> Drop for FenceRelease<S, T>
+where
+    S: Store,
+    T: CacheTier<Key = S::Key, Value = Cached<S::Value>>,
+{
+    fn drop(&mut self) {
+        let Some(core) = self.core.take() else {
+            return;
+        };
+        let (stripes, keys) = (
+            std::mem::take(&mut self.stripes),
+            std::mem::take(&mut self.keys),
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { core.release_after_panic(stripes, keys).await });
+        }
+    }
+}
+
 /// What a write does to the tier once the store has taken it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WriteMode {
@@ -458,7 +491,10 @@ where
             .map_err(|_| task_failed("write"))?
     }
 
-    async fn write_fenced(&self, batch: Vec<Write<S::Key, S::Value>>) -> Result<Position> {
+    async fn write_fenced(
+        self: &Arc<Self>,
+        batch: Vec<Write<S::Key, S::Value>>,
+    ) -> Result<Position> {
         let finals = Write::coalesce(batch.clone());
         let mut stripes: Vec<usize> = finals.iter().map(|w| self.stripe_of(w.key())).collect();
         stripes.sort_unstable();
@@ -477,11 +513,17 @@ where
         for write in &finals {
             self.flights.remove(write.key());
         }
+        let mut unwinding = FenceRelease {
+            core: Some(Arc::clone(self)),
+            stripes: stripes.clone(),
+            keys: finals.iter().map(|w| w.key().clone()).collect(),
+        };
         let result = match <[_; 1]>::try_from(batch) {
             Ok([Write::Put(key, value)]) => self.store.put(key, value).await,
             Ok([Write::Delete(key)]) => self.store.delete(&key).await,
             Err(batch) => self.store.write_batch(batch).await,
         };
+        unwinding.core = None;
         for fence in fences {
             let mut stripe = self.stripes[fence.stripe].lock().await;
             let undisturbed = fence.alone && stripe.epoch == fence.epoch;
@@ -499,6 +541,19 @@ where
             self.publish(&keys).await;
         }
         result
+    }
+
+    /// The end of a write whose store call panicked.
+    async fn release_after_panic(&self, stripes: Vec<usize>, keys: Vec<S::Key>) {
+        for index in stripes {
+            let mut stripe = self.stripes[index].lock().await;
+            stripe.epoch += 1;
+            stripe.writes_in_flight = stripe.writes_in_flight.saturating_sub(1);
+        }
+        for key in &keys {
+            self.flights.remove(key);
+            self.remove_from_tier(key).await;
+        }
     }
 
     /// Updates or invalidates the tier after a write (under its stripe lock).
