@@ -138,12 +138,12 @@ impl Store for GatedStore {
     }
 }
 
-async fn stale_fill_race<C>(cache: C, write: impl AsyncFnOnce(&C))
+async fn stale_fill_race<C>(gated: &GatedStore, cache: C, write: impl AsyncFnOnce(&C))
 where
-    C: Store<Key = u64, Value = String> + Clone + HasGated,
+    C: Store<Key = u64, Value = String> + Clone,
 {
-    cache.gated().inner.put(1, "old".into()).await.unwrap();
-    let gate = cache.gated().hold_next_read().await;
+    gated.inner.put(1, "old".into()).await.unwrap();
+    let gate = gated.hold_next_read().await;
     let reader = {
         let cache = cache.clone();
         tokio::spawn(async move { cache.get(&1).await })
@@ -167,49 +167,28 @@ where
     }
 }
 
-trait HasGated {
-    fn gated(&self) -> &GatedStore;
-    fn stale_fills_prevented(&self) -> u64;
-}
-
-impl HasGated for ReadThrough<GatedStore, Tier<u64, String>> {
-    fn gated(&self) -> &GatedStore {
-        self.get_ref()
-    }
-    fn stale_fills_prevented(&self) -> u64 {
-        self.stats().stale_fills_prevented
-    }
-}
-
-impl HasGated for WriteThrough<GatedStore, Tier<u64, String>> {
-    fn gated(&self) -> &GatedStore {
-        self.get_ref()
-    }
-    fn stale_fills_prevented(&self) -> u64 {
-        self.stats().stale_fills_prevented
-    }
-}
-
 #[tokio::test]
 async fn a_write_during_a_load_wins_over_the_late_load() {
-    let cache = ReadThrough::builder(GatedStore::new(), tier())
+    let gated = Arc::new(GatedStore::new());
+    let cache = ReadThrough::builder(Arc::clone(&gated), tier())
         .build()
         .unwrap();
-    stale_fill_race(cache.clone(), async |c| {
+    stale_fill_race(&gated, cache.clone(), async |c| {
         c.put(1, "new".into()).await.unwrap();
     })
     .await;
     assert_eq!(cache.get(&1).await.unwrap(), Some("new".into()));
-    assert_eq!(cache.stale_fills_prevented(), 1);
+    assert_eq!(cache.stats().stale_fills_prevented, 1);
 }
 
 #[tokio::test]
 async fn a_delete_during_a_load_wins_over_the_late_load() {
-    let cache = ReadThrough::builder(GatedStore::new(), tier())
+    let gated = Arc::new(GatedStore::new());
+    let cache = ReadThrough::builder(Arc::clone(&gated), tier())
         .negative_ttl(Duration::from_secs(60))
         .build()
         .unwrap();
-    stale_fill_race(cache.clone(), async |c| {
+    stale_fill_race(&gated, cache.clone(), async |c| {
         c.delete(&1).await.unwrap();
     })
     .await;
@@ -218,30 +197,32 @@ async fn a_delete_during_a_load_wins_over_the_late_load() {
 
 #[tokio::test]
 async fn an_invalidation_during_a_load_wins_over_the_late_load() {
-    let cache = ReadThrough::builder(GatedStore::new(), tier())
+    let gated = Arc::new(GatedStore::new());
+    let cache = ReadThrough::builder(Arc::clone(&gated), tier())
         .build()
         .unwrap();
-    stale_fill_race(cache.clone(), async |c| {
+    stale_fill_race(&gated, cache.clone(), async |c| {
         // The store changes behind the cache's back, then the cache is told.
         c.get_ref().inner.put(1, "changed".into()).await.unwrap();
         c.invalidate(&1).await;
     })
     .await;
     assert_eq!(cache.get(&1).await.unwrap(), Some("changed".into()));
-    assert_eq!(cache.stale_fills_prevented(), 1);
+    assert_eq!(cache.stats().stale_fills_prevented, 1);
 }
 
 #[tokio::test]
 async fn a_write_through_during_a_load_wins_over_the_late_load() {
-    let cache = WriteThrough::builder(GatedStore::new(), tier())
+    let gated = Arc::new(GatedStore::new());
+    let cache = WriteThrough::builder(Arc::clone(&gated), tier())
         .build()
         .unwrap();
-    stale_fill_race(cache.clone(), async |c| {
+    stale_fill_race(&gated, cache.clone(), async |c| {
         c.put(1, "new".into()).await.unwrap();
     })
     .await;
     assert_eq!(cache.get(&1).await.unwrap(), Some("new".into()));
-    assert_eq!(cache.stale_fills_prevented(), 1);
+    assert_eq!(cache.stats().stale_fills_prevented, 1);
 }
 
 #[tokio::test]
@@ -613,4 +594,72 @@ async fn a_panicking_store_write_is_an_error_and_leaves_the_cache_working() {
     );
     cache.put(1, "after".into()).await.unwrap();
     assert_eq!(cache.get(&1).await.unwrap(), Some("after".into()));
+}
+
+/// A tier that counts how often it is asked.
+#[derive(Debug)]
+struct CountingTier {
+    inner: Tier<u64, String>,
+    asked: std::sync::atomic::AtomicU64,
+}
+
+impl CacheTier for CountingTier {
+    type Key = u64;
+    type Value = Cached<String>;
+
+    async fn get(&self, key: &u64) -> Result<Option<Cached<String>>> {
+        self.asked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.get(key).await
+    }
+    fn get_now(&self, key: &u64) -> Option<Option<Cached<String>>> {
+        self.asked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.get_now(key)
+    }
+    async fn insert(&self, key: u64, value: Cached<String>, ttl: Option<Duration>) -> Result<()> {
+        self.inner.insert(key, value, ttl).await
+    }
+    async fn remove(&self, key: &u64) -> Result<()> {
+        self.inner.remove(key).await
+    }
+    async fn clear(&self) -> Result<()> {
+        self.inner.clear().await
+    }
+    async fn entry_count(&self) -> Result<u64> {
+        self.inner.entry_count().await
+    }
+    fn evictions(&self) -> u64 {
+        self.inner.evictions()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_asks_the_tier_once_whether_it_hits_or_misses() {
+    let tier = CountingTier {
+        inner: tier(),
+        asked: Default::default(),
+    };
+    let cache = ReadThrough::builder(faulty(20), tier).build().unwrap();
+    let asked = || {
+        cache
+            .tier()
+            .asked
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    cache.get(&1).await.unwrap();
+    assert_eq!(asked(), 1, "a miss asks the tier once, then loads");
+    cache.put(2, "two".into()).await.unwrap();
+    cache.get(&2).await.unwrap();
+    cache.get(&2).await.unwrap();
+    assert_eq!(asked(), 3, "a hit asks the tier once");
+    cache.get_many(&[2, 3]).await.unwrap();
+    assert_eq!(asked(), 5, "get_many asks once per key");
+    let stats = cache.stats();
+    assert_eq!(stats.loads, 3);
+    assert_eq!(
+        stats.average_load_time(),
+        Duration::from_millis(20),
+        "paused time: the latency"
+    );
 }

@@ -118,6 +118,16 @@ where
     }
 }
 
+/// What an in-process tier said about a key, before any future.
+pub(crate) enum Probe<V> {
+    /// Cached (the value, or a cached absence).
+    Hit(Option<V>),
+    /// Not cached.
+    Miss,
+    /// The tier cannot answer at once: ask its async `get`.
+    AskTier,
+}
+
 /// What a write does to the tier once the store has taken it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WriteMode {
@@ -263,23 +273,45 @@ where
         }
     }
 
-    /// A hit answered without waiting, when the tier can answer at once.
-    #[inline]
-    pub(crate) fn get_now(self: &Arc<Self>, key: &S::Key) -> Option<Option<S::Value>> {
-        let entry = self.tier.get_now(key)??;
-        self.hit(key, &entry);
-        Some(entry.value)
+    /// Asks a tier that answers at once (in-process) about `key`, without
+    /// creating a future; counts a hit.
+    #[inline(always)]
+    pub(crate) fn try_hit(self: &Arc<Self>, key: &S::Key) -> Probe<S::Value> {
+        match self.tier.get_now(key) {
+            Some(Some(entry)) => {
+                self.hit(key, &entry);
+                Probe::Hit(entry.value)
+            }
+            Some(None) => Probe::Miss,
+            None => Probe::AskTier,
+        }
     }
 
-    pub(crate) async fn get(self: &Arc<Self>, key: &S::Key) -> Result<Option<S::Value>> {
-        if let Some(entry) = self.lookup(key).await {
-            self.hit(key, &entry);
-            return Ok(entry.value);
+    /// The rest of a read after [`try_hit`](Self::try_hit): the tier's
+    /// async `get` if it must be asked, then a single-flight load on a miss.
+    pub(crate) async fn finish_get(
+        self: &Arc<Self>,
+        key: &S::Key,
+        probe: Probe<S::Value>,
+    ) -> Result<Option<S::Value>> {
+        match probe {
+            Probe::Hit(value) => Ok(value),
+            Probe::Miss => self.miss(key).await,
+            Probe::AskTier => match self.lookup(key).await {
+                Some(entry) => {
+                    self.hit(key, &entry);
+                    Ok(entry.value)
+                }
+                None => self.miss(key).await,
+            },
         }
+    }
+
+    /// Counts a miss and waits for the key's single-flight load.
+    async fn miss(self: &Arc<Self>, key: &S::Key) -> Result<Option<S::Value>> {
         self.counters.misses.add(1);
         let (flight, _) = self.join_or_lead(key);
-        // Boxed so the miss path's state does not weigh on every hit.
-        Box::pin(Self::wait(flight)).await
+        Self::wait(flight).await
     }
 
     /// Joins the load of `key` in flight, or starts one; `true` if started.
@@ -385,7 +417,11 @@ where
         let mut answers = Vec::with_capacity(keys.len());
         let mut missing = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            match self.lookup(key).await {
+            let entry = match self.tier.get_now(key) {
+                Some(entry) => entry,
+                None => self.lookup(key).await,
+            };
+            match entry {
                 Some(entry) => {
                     self.hit(key, &entry);
                     answers.push(entry.value);
@@ -495,7 +531,17 @@ where
         self: &Arc<Self>,
         batch: Vec<Write<S::Key, S::Value>>,
     ) -> Result<Position> {
-        let finals = Write::coalesce(batch.clone());
+        // What the tier needs afterwards: the last write per key, with its
+        // value only when the tier is updated (write-through).
+        let finals = match self.config.mode {
+            WriteMode::Update => Write::coalesce(batch.clone()),
+            WriteMode::Invalidate => Write::coalesce(
+                batch
+                    .iter()
+                    .map(|write| Write::Delete(write.key().clone()))
+                    .collect(),
+            ),
+        };
         let mut stripes: Vec<usize> = finals.iter().map(|w| self.stripe_of(w.key())).collect();
         stripes.sort_unstable();
         stripes.dedup();

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::builder::CacheBuilder;
-use super::core::{Cached, Core};
+use super::core::{Cached, Core, Probe};
 use super::stats::CacheStats;
 use super::tier::CacheTier;
 use crate::store::{Store, Write};
@@ -76,10 +76,13 @@ macro_rules! cache_layer {
             type Value = S::Value;
 
             async fn get(&self, key: &S::Key) -> Result<Option<S::Value>> {
-                if let Some(value) = self.core.get_now(key) {
-                    return Ok(value);
+                // The hit of an in-process tier is answered before any
+                // inner future exists.
+                match self.core.try_hit(key) {
+                    Probe::Hit(value) => Ok(value),
+                    // Boxed: a miss allocates anyway, and the hit stays small.
+                    probe => Box::pin(self.core.finish_get(key, probe)).await,
                 }
-                self.core.get(key).await
             }
 
             async fn put(&self, key: S::Key, value: S::Value) -> Result<Position> {
