@@ -52,9 +52,9 @@
 //! | feature | default | adds |
 //! |---|---|---|
 //! | `sqlite` | yes | [`SqliteStore`](store::SqliteStore) over a bundled SQLite |
-//! | `quick-cache` | yes | [`cache::MemoryTier`], the in-process cache tier |
 //! | `postgres` | no | [`PostgresStore`](store::PostgresStore) over tokio-postgres with a pool |
 //! | `redis` | no | `cache::RedisTier` (a cache tier shared by many processes) and `cache::RedisInvalidation` (coherent in-process tiers across processes) |
+//! | `quick-cache` | no | `cache::QuickCacheTier`, an in-process cache tier on quick_cache (the default [`cache::MemoryTier`] needs no feature) |
 //! | `serde` | no | [`codec::JsonEncoded`] for any serde type; serde for [`Position`] |
 //! | `testing` | no | `scalekit::testing`: conformance suite, model test, `FaultyStore` |
 #![cfg_attr(docsrs, feature(doc_cfg))]

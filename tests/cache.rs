@@ -459,6 +459,53 @@ async fn write_through_passes_the_conformance_suite_over_memory() {
     conformance::run_all(Arc::new(cache)).await;
 }
 
+#[cfg(feature = "quick-cache")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_caches_pass_the_conformance_suite_over_the_quick_cache_tier() {
+    use scalekit::cache::QuickCacheTier;
+    let read = ReadThrough::builder(
+        MemoryStore::<String, Vec<u8>>::new(),
+        QuickCacheTier::with_capacity(10_000).unwrap(),
+    )
+    .negative_ttl(Duration::from_secs(60))
+    .build()
+    .unwrap();
+    conformance::run_all(Arc::new(read)).await;
+    let write = WriteThrough::builder(
+        MemoryStore::<i64, String>::new(),
+        QuickCacheTier::with_capacity(10_000).unwrap(),
+    )
+    .build()
+    .unwrap();
+    conformance::run_all(Arc::new(write)).await;
+}
+
+#[cfg(feature = "quick-cache")]
+#[tokio::test(start_paused = true)]
+async fn the_quick_cache_tier_expires_by_ttl_and_idle_time_and_holds_its_bound() {
+    use scalekit::cache::QuickCacheTier;
+    let tier = QuickCacheTier::<u64, u64>::builder()
+        .max_entries(100)
+        .time_to_live(Duration::from_secs(10))
+        .time_to_idle(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    tier.insert(1, 1, None).await.unwrap();
+    tier.insert(2, 2, None).await.unwrap();
+    for _ in 0..2 {
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(tier.get(&1).await.unwrap(), Some(1), "kept alive by reads");
+    }
+    assert_eq!(tier.get(&2).await.unwrap(), None, "idle too long");
+    tokio::time::advance(Duration::from_secs(3)).await;
+    assert_eq!(tier.get(&1).await.unwrap(), None, "lived too long");
+    for k in 0..1_000 {
+        tier.insert(k, k, None).await.unwrap();
+    }
+    assert!(tier.entry_count().await.unwrap() <= 100);
+    assert!(tier.evictions() >= 900);
+}
+
 #[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_caches_pass_the_conformance_suite_over_sqlite() {

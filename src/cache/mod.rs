@@ -73,7 +73,8 @@ pub use self::invalidation::RedisInvalidation;
 pub use self::layers::{ReadThrough, WriteThrough};
 pub use self::stats::CacheStats;
 pub use self::tier::CacheTier;
-#[cfg(feature = "quick-cache")]
 pub use self::tier::{MemoryTier, MemoryTierBuilder};
+#[cfg(feature = "quick-cache")]
+pub use self::tier::{QuickCacheTier, QuickCacheTierBuilder};
 #[cfg(feature = "redis")]
 pub use self::tier::{RedisTier, RedisTierBuilder};

@@ -7,17 +7,20 @@
 //!
 //! | tier | where | bound | expiry |
 //! |---|---|---|---|
-//! | [`MemoryTier`] (feature `quick-cache`, default) | in-process, on quick_cache | entries or weight | per-entry TTL, time-to-idle |
+//! | [`MemoryTier`] (default) | in-process, adaptive W-TinyLFU | entries or weight | per-entry TTL, time-to-idle |
+//! | `QuickCacheTier` (feature `quick-cache`) | in-process, on quick_cache | entries or weight | per-entry TTL, time-to-idle |
 //! | [`RedisTier`] (feature `redis`) | Redis, shared by many processes | Redis's `maxmemory` policy | per-entry TTL as Redis expiry |
 //!
 //! A tier's `get` and `insert` are async so that a networked tier can
 //! implement them; the in-process tier's futures are ready at once.
 
-#[cfg(feature = "quick-cache")]
 mod memory;
-
 #[cfg(feature = "quick-cache")]
+mod quick;
+
 pub use memory::{MemoryTier, MemoryTierBuilder};
+#[cfg(feature = "quick-cache")]
+pub use quick::{QuickCacheTier, QuickCacheTierBuilder};
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "redis")]

@@ -1,4 +1,4 @@
-//! The in-process tier, on quick_cache.
+//! An in-process tier on quick_cache (feature `quick-cache`).
 
 use std::fmt;
 use std::hash::Hash;
@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::CacheTier;
 use crate::{Error, Result};
 
-const COMPONENT: &str = "MemoryTier";
+const COMPONENT: &str = "QuickCacheTier";
 
 /// A stored entry with its expiry bookkeeping.
 #[derive(Clone)]
@@ -82,10 +82,10 @@ type Inner<K, V> = Cache<K, Slot<V>, SlotWeighter<K, V>, DefaultHashBuilder, Cou
 ///
 /// ```
 /// use std::time::Duration;
-/// use scalekit::cache::{CacheTier, MemoryTier};
+/// use scalekit::cache::{CacheTier, QuickCacheTier};
 ///
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-/// let tier = MemoryTier::<u64, String>::builder()
+/// let tier = QuickCacheTier::<u64, String>::builder()
 ///     .max_entries(10_000)
 ///     .time_to_live(Duration::from_secs(60))
 ///     .build()?;
@@ -93,7 +93,7 @@ type Inner<K, V> = Cache<K, Slot<V>, SlotWeighter<K, V>, DefaultHashBuilder, Cou
 /// assert_eq!(tier.get(&1).await?, Some("one".into()));
 /// # Ok::<(), scalekit::Error>(()) }).unwrap();
 /// ```
-pub struct MemoryTier<K, V> {
+pub struct QuickCacheTier<K, V> {
     cache: Inner<K, V>,
     default_ttl: Option<Duration>,
     time_to_idle: Option<Duration>,
@@ -101,13 +101,13 @@ pub struct MemoryTier<K, V> {
     evictions: Arc<AtomicU64>,
 }
 
-impl<K, V> fmt::Debug for MemoryTier<K, V>
+impl<K, V> fmt::Debug for QuickCacheTier<K, V>
 where
     K: Eq + Hash,
     V: Clone,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryTier")
+        f.debug_struct("QuickCacheTier")
             .field("entries", &self.cache.len())
             .field("weight", &self.cache.weight())
             .field("capacity", &self.cache.capacity())
@@ -118,14 +118,14 @@ where
     }
 }
 
-impl<K, V> MemoryTier<K, V>
+impl<K, V> QuickCacheTier<K, V>
 where
     K: Clone + Eq + Hash + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
     /// Starts configuring a tier.
-    pub fn builder() -> MemoryTierBuilder<K, V> {
-        MemoryTierBuilder {
+    pub fn builder() -> QuickCacheTierBuilder<K, V> {
+        QuickCacheTierBuilder {
             max_entries: None,
             max_weight: None,
             time_to_live: None,
@@ -179,7 +179,7 @@ where
     }
 }
 
-impl<K, V> CacheTier for MemoryTier<K, V>
+impl<K, V> CacheTier for QuickCacheTier<K, V>
 where
     K: Clone + Eq + Hash + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
@@ -234,17 +234,17 @@ where
     }
 }
 
-/// Configures a [`MemoryTier`]; see [`MemoryTier::builder`].
-pub struct MemoryTierBuilder<K, V> {
+/// Configures a [`QuickCacheTier`]; see [`QuickCacheTier::builder`].
+pub struct QuickCacheTierBuilder<K, V> {
     max_entries: Option<u64>,
     max_weight: Option<(u64, WeighFn<K, V>)>,
     time_to_live: Option<Duration>,
     time_to_idle: Option<Duration>,
 }
 
-impl<K, V> fmt::Debug for MemoryTierBuilder<K, V> {
+impl<K, V> fmt::Debug for QuickCacheTierBuilder<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryTierBuilder")
+        f.debug_struct("QuickCacheTierBuilder")
             .field("max_entries", &self.max_entries)
             .field("max_weight", &self.max_weight.as_ref().map(|(w, _)| w))
             .field("time_to_live", &self.time_to_live)
@@ -253,7 +253,7 @@ impl<K, V> fmt::Debug for MemoryTierBuilder<K, V> {
     }
 }
 
-impl<K, V> MemoryTierBuilder<K, V>
+impl<K, V> QuickCacheTierBuilder<K, V>
 where
     K: Clone + Eq + Hash + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
@@ -294,7 +294,7 @@ where
     ///
     /// [`Error::Config`] when no bound or both bounds are given, a bound is
     /// 0, or a time-to-live or time-to-idle is zero.
-    pub fn build(self) -> Result<MemoryTier<K, V>> {
+    pub fn build(self) -> Result<QuickCacheTier<K, V>> {
         let (capacity, estimated_items, weighter) = match (self.max_entries, self.max_weight) {
             (None, None) => {
                 return Err(Error::config(
@@ -331,7 +331,7 @@ where
         }
         let evictions = CountEvictions::default();
         let counter = Arc::clone(&evictions.0);
-        Ok(MemoryTier {
+        Ok(QuickCacheTier {
             cache: Cache::with(
                 estimated_items,
                 capacity,
