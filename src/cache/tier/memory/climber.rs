@@ -38,8 +38,8 @@ impl HillClimber {
         }
     }
 
-    pub(super) fn hit(&mut self) {
-        self.hits += 1;
+    pub(super) fn hits(&mut self, hits: u64) {
+        self.hits += hits;
     }
 
     pub(super) fn misses(&mut self, misses: u64) {
@@ -81,18 +81,14 @@ mod tests {
     #[test]
     fn waits_for_a_full_sample() {
         let mut climber = HillClimber::new(100, 100);
-        for _ in 0..999 {
-            climber.hit();
-        }
+        climber.hits(999);
         assert_eq!(climber.adjustment(), 0);
         climber.misses(1);
         assert_ne!(climber.adjustment(), 0);
     }
 
     fn sample(climber: &mut HillClimber, hits: u64) -> i64 {
-        for _ in 0..hits {
-            climber.hit();
-        }
+        climber.hits(hits);
         climber.misses(10_000 - hits);
         climber.adjustment()
     }

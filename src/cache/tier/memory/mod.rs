@@ -1,20 +1,18 @@
 //! The default in-process tier: sharded, adaptive W-TinyLFU.
 
 mod climber;
-mod read_buffer;
 mod shard;
 mod sketch;
 
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard, TryLockError};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use self::read_buffer::ReadBuffer;
-use self::shard::{fingerprint, Entry, Shard};
+use self::shard::{Entry, Shard};
 use super::CacheTier;
 use crate::{Error, Result};
 
@@ -26,12 +24,13 @@ const MIN_SHARD_ENTRIES: u64 = 2_048;
 
 type WeighFn<K, V> = Arc<dyn Fn(&K, &V) -> u64 + Send + Sync>;
 
-/// One shard, its read buffer and its miss count, on its own cache lines.
+/// One shard and its hit and miss counts, on cache lines of its own; the
+/// hit count sits beside the lock word a hit writes anyway.
 #[derive(Debug)]
-#[repr(align(128))]
+#[repr(C, align(128))]
 struct ShardCell<K, V> {
+    hits: AtomicU64,
     state: RwLock<Shard<K, V>>,
-    reads: ReadBuffer,
     misses: AtomicU64,
 }
 
@@ -170,56 +169,39 @@ where
                 && now.saturating_sub(entry.last_read.load(Ordering::Relaxed)) > self.time_to_idle)
     }
 
-    /// Replays the shard's recorded hits and misses into its policy.
-    fn maintain(cell: &ShardCell<K, V>, shard: &mut Shard<K, V>) {
-        let mut tail = shard.read_tail;
-        cell.reads
-            .replay(&mut tail, |record| shard.record_hit(record));
-        shard.read_tail = tail;
+    /// Hands the shard's hit and miss counts to its policy.
+    fn count_requests(cell: &ShardCell<K, V>, shard: &mut Shard<K, V>) {
+        let hits = cell.hits.swap(0, Ordering::Relaxed);
         let misses = cell.misses.swap(0, Ordering::Relaxed);
-        if misses > 0 {
-            shard.record_misses(misses);
-        }
+        shard.record_hits(hits);
+        shard.record_misses(misses);
     }
 
     #[inline(always)]
     fn lookup(&self, key: &K) -> Option<V> {
         let hash = self.hasher.hash_one(key);
         let cell = self.shard(hash);
-        let (value, record) = {
-            let shard = read(&cell.state);
-            let Some((index, entry)) = shard.find(hash, key) else {
+        let shard = read(&cell.state);
+        let Some(entry) = shard.find(hash, key) else {
+            drop(shard);
+            cell.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        if entry.expires_at != 0 || self.time_to_idle != 0 {
+            let now = self.now();
+            if self.is_expired(entry, now) {
                 drop(shard);
                 cell.misses.fetch_add(1, Ordering::Relaxed);
+                write(&cell.state).remove_if(hash, key, |entry| self.is_expired(entry, now));
                 return None;
-            };
-            if entry.expires_at != 0 || self.time_to_idle != 0 {
-                let now = self.now();
-                if self.is_expired(entry, now) {
-                    drop(shard);
-                    cell.misses.fetch_add(1, Ordering::Relaxed);
-                    write(&cell.state).remove_if(hash, key, |entry| self.is_expired(entry, now));
-                    return None;
-                }
-                if self.time_to_idle != 0 {
-                    entry.last_read.store(now, Ordering::Relaxed);
-                }
             }
-            let record = (u64::from(fingerprint(hash)) << 32) | u64::from(index);
-            (entry.value.clone(), record)
-        };
-        if cell.reads.record(record) {
-            let shard = match cell.state.try_write() {
-                Ok(shard) => Some(shard),
-                Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
-                // Someone else holds it and will replay, or the next will.
-                Err(TryLockError::WouldBlock) => None,
-            };
-            if let Some(mut shard) = shard {
-                Self::maintain(cell, &mut shard);
+            if self.time_to_idle != 0 {
+                entry.last_read.store(now, Ordering::Relaxed);
             }
         }
-        Some(value)
+        entry.count_read();
+        cell.hits.fetch_add(1, Ordering::Relaxed);
+        Some(entry.value.clone())
     }
 
     fn store(&self, key: K, value: V, ttl: Option<Duration>) {
@@ -244,21 +226,16 @@ where
             value,
             expires_at,
             last_read: AtomicU64::new(now),
+            reads: AtomicU8::new(0),
         };
         let evicted = {
             let mut shard = write(&cell.state);
-            Self::maintain(cell, &mut shard);
+            Self::count_requests(cell, &mut shard);
             shard.insert(hash, entry, weight)
         };
         if evicted > 0 {
             self.evictions.fetch_add(evicted, Ordering::Relaxed);
         }
-    }
-
-    /// How many hits the tier has recorded for its policy (all of them,
-    /// including any that contention overwrote before the policy saw them).
-    pub fn recorded_hits(&self) -> u64 {
-        self.shards.iter().map(|cell| cell.reads.recorded()).sum()
     }
 }
 
@@ -414,8 +391,8 @@ where
                 let share = capacity / shard_count + u64::from(i < capacity % shard_count);
                 let entries = estimated_entries / shard_count + 1;
                 ShardCell {
+                    hits: AtomicU64::new(0),
                     state: RwLock::new(Shard::new(share.max(1), entries)),
-                    reads: ReadBuffer::default(),
                     misses: AtomicU64::new(0),
                 }
             })

@@ -1,17 +1,24 @@
 //! One shard of the in-process tier: a slab of entries, a hash table over
 //! it, and the adaptive W-TinyLFU policy that picks what to evict.
 //!
-//! New entries enter a small LRU *window*. An entry pushed out of the
-//! window becomes a *candidate* at the back of *probation*, and must beat
-//! the entry at probation's front (the *victim*) on estimated frequency to
-//! stay; the loser is evicted. A hit in probation promotes the entry to
+//! New entries enter a small *window*. An entry pushed out of the window
+//! becomes a *candidate* in *probation*, and must beat the entry at
+//! probation's front (the *victim*) on estimated frequency to stay; the
+//! loser is evicted. An entry of probation that was read is promoted to
 //! *protected*, whose overflow falls back to probation. A hill climber
 //! resizes the window every sample: recency-heavy workloads get a larger
 //! window, frequency-heavy ones a smaller (Einziger, Eytan, Friedman and
-//! Manes, "Adaptive Software Cache Management", Middleware 2018; the same
-//! scheme as Caffeine).
+//! Manes, "Adaptive Software Cache Management", Middleware 2018; the
+//! scheme of Caffeine).
+//!
+//! Reads only bump a counter in their entry, under the shard's read lock.
+//! The policy looks at those counters when it next needs to (CLOCK's
+//! second chance): a read window or protected entry at the front of its
+//! list moves to the back instead of leaving it, a read victim is promoted
+//! instead of competing, and the reads are added to the sketch then. So a
+//! hit never waits for, or pays for, the policy.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicU8};
 
 use hashbrown::HashTable;
 
@@ -47,6 +54,21 @@ pub(super) struct Entry<K, V> {
     /// Nanoseconds after the tier's epoch of the last read (or the write),
     /// kept when the tier has a time-to-idle.
     pub(super) last_read: AtomicU64,
+    /// Reads since the policy last looked at the entry (saturating).
+    pub(super) reads: AtomicU8,
+}
+
+impl<K, V> Entry<K, V> {
+    /// Counts a read for the policy; a racing read may be lost, which
+    /// costs the policy one access of accuracy.
+    #[inline(always)]
+    pub(super) fn count_read(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let reads = self.reads.load(Relaxed);
+        if reads < u8::MAX {
+            self.reads.store(reads + 1, Relaxed);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -96,8 +118,9 @@ pub(super) struct Shard<K, V> {
     protected_max: u64,
     sketch: FrequencySketch,
     climber: HillClimber,
-    /// How far the read buffer has been replayed.
-    pub(super) read_tail: u64,
+    /// Entries that left the window during the current eviction and still
+    /// await their duel (kept to reuse its allocation).
+    candidates: Vec<u32>,
     rng: u64,
 }
 
@@ -117,40 +140,35 @@ impl<K: Eq, V> Shard<K, V> {
             protected_max: (max_weight - window_max) * 4 / 5,
             sketch: FrequencySketch::new(estimated_entries),
             climber: HillClimber::new(max_weight, estimated_entries),
-            read_tail: 0,
+            candidates: Vec::new(),
             rng: 0x2545_f491_4f6c_dd1d ^ max_weight,
         }
     }
 
-    /// The slot and entry for `key`.
-    #[inline(always)]
-    pub(super) fn find(&self, hash: u64, key: &K) -> Option<(u32, &Entry<K, V>)> {
+    fn index_of(&self, hash: u64, key: &K) -> Option<u32> {
         let nodes = &self.nodes;
-        let &index = self.table.find(hash, |&i| {
-            let node = &nodes[i as usize];
-            node.hash == hash && node.entry.as_ref().is_some_and(|e| e.key == *key)
-        })?;
-        let entry = self.nodes[index as usize].entry.as_ref()?;
-        Some((index, entry))
+        self.table
+            .find(hash, |&i| {
+                let node = &nodes[i as usize];
+                node.hash == hash && node.entry.as_ref().is_some_and(|e| e.key == *key)
+            })
+            .copied()
+    }
+
+    /// The entry for `key`.
+    #[inline(always)]
+    pub(super) fn find(&self, hash: u64, key: &K) -> Option<&Entry<K, V>> {
+        let index = self.index_of(hash, key)?;
+        self.nodes[index as usize].entry.as_ref()
     }
 
     pub(super) fn len(&self) -> usize {
         self.table.len()
     }
 
-    /// Replays one recorded hit: the key was read, and its entry (if it is
-    /// still the same one) moves up in the policy.
-    pub(super) fn record_hit(&mut self, record: u64) {
-        let (fp, index) = ((record >> 32) as u32, record as u32);
-        self.sketch.increment(fp);
-        self.climber.hit();
-        let same_entry = self
-            .nodes
-            .get(index as usize)
-            .is_some_and(|n| n.entry.is_some() && fingerprint(n.hash) == fp);
-        if same_entry {
-            self.on_access(index);
-        }
+    /// Counts hits the readers saw since the last count, for the climber.
+    pub(super) fn record_hits(&mut self, hits: u64) {
+        self.climber.hits(hits);
     }
 
     /// Counts misses the readers saw since the last replay.
@@ -161,21 +179,21 @@ impl<K: Eq, V> Shard<K, V> {
     /// Inserts or replaces `key`'s entry; returns how many entries were
     /// evicted to make room. An entry heavier than the whole shard is not
     /// kept (and the key's old entry is removed).
-    pub(super) fn insert(&mut self, hash: u64, entry: Entry<K, V>, weight: u64) -> u64 {
+    pub(super) fn insert(&mut self, hash: u64, mut entry: Entry<K, V>, weight: u64) -> u64 {
         if weight > self.max_weight {
             self.remove(hash, &entry.key);
             return 0;
         }
-        let existing = self.find(hash, &entry.key).map(|(index, _)| index);
-        match existing {
+        match self.index_of(hash, &entry.key) {
             Some(index) => {
+                // A replacement counts as an access of the key.
                 let node = &mut self.nodes[index as usize];
+                let reads = node.entry.as_mut().map_or(0, |old| *old.reads.get_mut());
+                *entry.reads.get_mut() = reads.saturating_add(1);
                 let region = node.region as usize;
                 let old_weight = std::mem::replace(&mut node.weight, weight);
                 node.entry = Some(entry);
                 self.lists[region].weight = self.lists[region].weight - old_weight + weight;
-                self.sketch.increment(fingerprint(hash));
-                self.on_access(index);
             }
             None => {
                 self.sketch.increment(fingerprint(hash));
@@ -210,8 +228,8 @@ impl<K: Eq, V> Shard<K, V> {
 
     /// Removes `key`'s entry; `true` if there was one.
     pub(super) fn remove(&mut self, hash: u64, key: &K) -> bool {
-        match self.find(hash, key) {
-            Some((index, _)) => {
+        match self.index_of(hash, key) {
+            Some(index) => {
                 self.discard(index);
                 true
             }
@@ -221,8 +239,12 @@ impl<K: Eq, V> Shard<K, V> {
 
     /// Removes `key`'s entry if `expired` says so of it.
     pub(super) fn remove_if(&mut self, hash: u64, key: &K, expired: impl Fn(&Entry<K, V>) -> bool) {
-        if let Some((index, entry)) = self.find(hash, key) {
-            if expired(entry) {
+        if let Some(index) = self.index_of(hash, key) {
+            if self.nodes[index as usize]
+                .entry
+                .as_ref()
+                .is_some_and(expired)
+            {
                 self.discard(index);
             }
         }
@@ -280,28 +302,46 @@ impl<K: Eq, V> Shard<K, V> {
         self.push_back(region, index);
     }
 
-    /// An access: recency within the window and protected, promotion out of
-    /// probation.
-    fn on_access(&mut self, index: u32) {
-        match self.nodes[index as usize].region {
-            Region::Window => self.move_to(Region::Window, index),
-            Region::Probation => {
-                self.move_to(Region::Protected, index);
-                self.demote_protected();
-            }
-            Region::Protected => self.move_to(Region::Protected, index),
+    /// Adds the reads counted in an entry since the policy last looked to
+    /// the sketch; `true` if there were any (the entry was referenced).
+    fn take_reads(&mut self, index: u32) -> bool {
+        let node = &mut self.nodes[index as usize];
+        let reads = node
+            .entry
+            .as_mut()
+            .map_or(0, |e| std::mem::take(e.reads.get_mut()));
+        if reads > 0 {
+            self.sketch.increment_by(fingerprint(node.hash), reads);
         }
+        reads > 0
     }
 
     /// Moves protected's least recent entries to probation while protected
-    /// is over its share.
+    /// is over its share; a read one gets a second chance at the back.
     fn demote_protected(&mut self) {
         while self.list(Region::Protected).weight > self.protected_max {
             let head = self.list(Region::Protected).head;
             if head == NIL {
                 break;
             }
-            self.move_to(Region::Probation, head);
+            if self.take_reads(head) {
+                self.move_to(Region::Protected, head);
+            } else {
+                self.move_to(Region::Probation, head);
+            }
+        }
+    }
+
+    /// Probation's front entry, after promoting the front entries that
+    /// were read; `NIL` if probation is empty.
+    fn next_victim(&mut self) -> u32 {
+        loop {
+            let head = self.list(Region::Probation).head;
+            if head == NIL || !self.take_reads(head) {
+                return head;
+            }
+            self.move_to(Region::Protected, head);
+            self.demote_protected();
         }
     }
 
@@ -347,65 +387,55 @@ impl<K: Eq, V> Shard<K, V> {
 
     /// Brings the shard back within its bound; returns the evictions.
     fn evict(&mut self) -> u64 {
-        let mut candidates = 0usize;
+        let mut candidates = std::mem::take(&mut self.candidates);
         while self.list(Region::Window).weight > self.window_max {
             let head = self.list(Region::Window).head;
             if head == NIL {
                 break;
             }
-            self.move_to(Region::Probation, head);
-            candidates += 1;
+            if self.take_reads(head) {
+                self.move_to(Region::Window, head);
+            } else {
+                self.move_to(Region::Probation, head);
+                candidates.push(head);
+            }
         }
         let mut evicted = 0;
-        let mut victim = self.list(Region::Probation).head;
-        let mut candidate = self.list(Region::Probation).tail;
         while self.total_weight() > self.max_weight {
-            if candidates == 0 {
-                candidate = NIL;
-            }
-            if candidate == NIL && victim == NIL {
-                // Probation is spent: take the least recent of protected,
-                // then of the window.
-                let fallback = match self.list(Region::Protected).head {
-                    NIL => self.list(Region::Window).head,
-                    head => head,
-                };
-                if fallback == NIL {
-                    break;
+            let victim = self.next_victim();
+            let loser = match (candidates.last().copied(), victim) {
+                (None, NIL) => {
+                    // Probation is spent: take the least recent of
+                    // protected, then of the window.
+                    match self.list(Region::Protected).head {
+                        NIL => self.list(Region::Window).head,
+                        head => head,
+                    }
                 }
-                self.discard(fallback);
-                evicted += 1;
-                continue;
-            }
-            // Pointers move before their node is discarded, and the
-            // other pointer after, so neither ever names a freed slot.
-            if victim == NIL || candidate == victim {
-                let loser = candidate;
-                candidate = self.nodes[loser as usize].prev;
-                candidates -= 1;
-                if loser == victim {
-                    victim = self.nodes[loser as usize].next;
+                (Some(candidate), victim) if victim == NIL || victim == candidate => {
+                    candidates.pop();
+                    candidate
                 }
-                self.discard(loser);
-            } else if candidate == NIL {
-                let loser = victim;
-                victim = self.nodes[loser as usize].next;
-                self.discard(loser);
-            } else {
-                candidates -= 1;
-                if self.admit(candidate, victim) {
-                    let loser = victim;
-                    victim = self.nodes[loser as usize].next;
-                    self.discard(loser);
-                    candidate = self.nodes[candidate as usize].prev;
-                } else {
-                    let loser = candidate;
-                    candidate = self.nodes[loser as usize].prev;
-                    self.discard(loser);
+                (None, victim) => victim,
+                (Some(candidate), victim) => {
+                    candidates.pop();
+                    if self.admit(candidate, victim) {
+                        victim
+                    } else {
+                        candidate
+                    }
                 }
+            };
+            if loser == NIL {
+                break;
             }
+            // The loser may be an older candidate that has reached the front.
+            candidates.retain(|&c| c != loser);
+            self.discard(loser);
             evicted += 1;
         }
+        candidates.clear();
+        self.candidates = candidates;
         evicted
     }
 

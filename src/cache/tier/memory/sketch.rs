@@ -77,6 +77,20 @@ impl FrequencySketch {
         }
     }
 
+    /// Counts `n` accesses of `fingerprint` at once.
+    pub(super) fn increment_by(&mut self, fingerprint: u32, n: u8) {
+        let n = u64::from(n.min(15));
+        for i in 0..4 {
+            let (word, shift) = self.slot(fingerprint, i);
+            let count = (self.table[word] >> shift) & 15;
+            self.table[word] += (count + n).min(15).saturating_sub(count) << shift;
+        }
+        self.additions += n;
+        if self.additions >= self.sample_size {
+            self.halve();
+        }
+    }
+
     /// The estimated recent accesses of `fingerprint`, 0 to 15.
     pub(super) fn frequency(&self, fingerprint: u32) -> u8 {
         (0..4)
@@ -115,6 +129,18 @@ mod tests {
             assert_eq!(sketch.frequency(42), n.min(15));
         }
         assert_eq!(sketch.frequency(43), 0);
+    }
+
+    #[test]
+    fn counts_many_accesses_at_once_like_one_at_a_time() {
+        let (mut one, mut many) = (FrequencySketch::new(1_000), FrequencySketch::new(1_000));
+        for _ in 0..5 {
+            one.increment(9);
+        }
+        many.increment_by(9, 5);
+        assert_eq!(one.frequency(9), many.frequency(9));
+        many.increment_by(9, 200);
+        assert_eq!(many.frequency(9), 15, "saturates");
     }
 
     #[test]
