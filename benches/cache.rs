@@ -1,6 +1,6 @@
 //! The cache hit path: `ReadThrough::get` of a cached key through the
-//! concrete type, beside moka's and quick_cache's own `get` on the same
-//! keys, on one thread and on two.
+//! concrete type, and the bare in-process tier, beside moka's and
+//! quick_cache's own `get` on the same keys, on one thread and on two.
 //!
 //! `cargo bench --bench cache`; compare the ratios within one run.
 
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use scalekit::cache::{MemoryTier, ReadThrough};
+use scalekit::cache::{CacheTier, MemoryTier, ReadThrough};
 use scalekit::{MemoryStore, Store};
 use support::ready;
 
@@ -56,9 +56,11 @@ fn hit_path(c: &mut Criterion) {
         Arc::new(cache)
     });
     assert_eq!(read_through.stats().loads, KEYS, "every key is cached");
+    let tier = Arc::new(MemoryTier::<u64, u64>::with_capacity(2 * KEYS).unwrap());
     let moka = Arc::new(moka::future::Cache::<u64, u64>::new(2 * KEYS));
     let quick = Arc::new(quick_cache::sync::Cache::<u64, u64>::new(2 * KEYS as usize));
     for k in 0..KEYS {
+        ready(tier.insert(k, k, None)).unwrap();
         ready(moka.insert(k, k));
         quick.insert(k, k);
     }
@@ -70,6 +72,13 @@ fn hit_path(c: &mut Criterion) {
             black_box(ready(cache.get(black_box(&k))).unwrap());
         });
         group.bench_function("scalekit_read_through", |b| {
+            b.iter_custom(|iters| on_threads(threads, iters, Arc::clone(&lookup)))
+        });
+        let cache = Arc::clone(&tier);
+        let lookup: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(move |k| {
+            black_box(cache.get_now(black_box(&k)));
+        });
+        group.bench_function("scalekit_memory_tier", |b| {
             b.iter_custom(|iters| on_threads(threads, iters, Arc::clone(&lookup)))
         });
         let cache = Arc::clone(&moka);

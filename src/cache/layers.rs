@@ -1,10 +1,12 @@
 //! `ReadThrough` and `WriteThrough`: the two faces of one cache core.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 
 use super::builder::CacheBuilder;
 use super::core::{Cached, Core, Probe};
+use super::read_future::ReadFuture;
 use super::stats::CacheStats;
 use super::tier::CacheTier;
 use crate::store::{Store, Write};
@@ -75,13 +77,16 @@ macro_rules! cache_layer {
             type Key = S::Key;
             type Value = S::Value;
 
-            async fn get(&self, key: &S::Key) -> Result<Option<S::Value>> {
-                // The hit of an in-process tier is answered before any
-                // inner future exists.
+            /// A hit of an in-process tier is answered here, when `get` is
+            /// called; the returned future only hands it over.
+            #[inline(always)]
+            fn get(
+                &self,
+                key: &S::Key,
+            ) -> impl Future<Output = Result<Option<S::Value>>> + Send {
                 match self.core.try_hit(key) {
-                    Probe::Hit(value) => Ok(value),
-                    // Boxed: a miss allocates anyway, and the hit stays small.
-                    probe => Box::pin(self.core.finish_get(key, probe)).await,
+                    Probe::Hit(value) => ReadFuture::Ready(Some(value)),
+                    probe => ReadFuture::pending(&self.core, key, probe),
                 }
             }
 

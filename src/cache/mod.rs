@@ -63,6 +63,7 @@ mod core;
 #[cfg(feature = "redis")]
 mod invalidation;
 mod layers;
+mod read_future;
 mod stats;
 pub mod tier;
 

@@ -2,48 +2,100 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-/// How many cells a hot counter spreads over.
-const CELLS: usize = 16;
+/// How many threads get a cell of their own in each hot counter.
+const CELLS: usize = 32;
 
 /// One counter on its own cache line.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Cell128(AtomicU64);
 
-/// A counter bumped on the hit path by many threads: each thread adds to
-/// its own cell, so hits on two cores do not fight over one cache line.
+/// A counter bumped on the hit path by many threads.
+///
+/// Each of the first [`CELLS`] live threads owns a cell that only it
+/// writes, so a bump is a plain load and store (no locked instruction,
+/// and no cache line shared between cores); other threads share one
+/// atomic cell. A thread's cell passes to a later thread only after it
+/// exits, through the registry's lock, so every bump is counted.
 #[derive(Debug, Default)]
 pub(crate) struct StripedCounter {
     cells: [Cell128; CELLS],
+    shared: AtomicU64,
+}
+
+/// Which cells are owned by a live thread.
+static OWNED: Mutex<[bool; CELLS]> = Mutex::new([false; CELLS]);
+
+/// A thread's claim on a cell index, released when the thread exits.
+struct CellClaim(Option<usize>);
+
+impl CellClaim {
+    fn claim() -> Self {
+        let mut owned = OWNED.lock().unwrap_or_else(PoisonError::into_inner);
+        let index = owned.iter().position(|taken| !taken);
+        if let Some(index) = index {
+            owned[index] = true;
+        }
+        CellClaim(index)
+    }
+}
+
+impl Drop for CellClaim {
+    fn drop(&mut self) {
+        // Bumps made later in this thread's teardown go to the shared cell,
+        // so the next owner of this cell is its only writer.
+        INDEX.with(|cell| cell.set(CELLS));
+        if let Some(index) = self.0 {
+            OWNED.lock().unwrap_or_else(PoisonError::into_inner)[index] = false;
+        }
+    }
 }
 
 thread_local! {
-    static CELL: Cell<usize> = const { Cell::new(usize::MAX) };
+    static CLAIM: CellClaim = CellClaim::claim();
+    /// The claimed index, cached without a destructor for the fast path:
+    /// `usize::MAX` until claimed, `CELLS` for "no cell of its own".
+    static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
 #[inline]
 fn my_cell() -> usize {
-    CELL.with(|cell| {
-        let mut index = cell.get();
-        if index == usize::MAX {
-            static NEXT: AtomicU64 = AtomicU64::new(0);
-            index = NEXT.fetch_add(1, Ordering::Relaxed) as usize % CELLS;
-            cell.set(index);
-        }
-        index
-    })
+    let index = INDEX.with(Cell::get);
+    if index != usize::MAX {
+        return index;
+    }
+    // During thread teardown the claim may be gone: share then.
+    let index = CLAIM
+        .try_with(|claim| claim.0.unwrap_or(CELLS))
+        .unwrap_or(CELLS);
+    INDEX.with(|cell| cell.set(index));
+    index
 }
 
 impl StripedCounter {
     #[inline(always)]
     pub(crate) fn add(&self, n: u64) {
-        self.cells[my_cell()].0.fetch_add(n, Ordering::Relaxed);
+        match self.cells.get(my_cell()) {
+            Some(cell) => {
+                // Single writer: this thread owns the cell.
+                let current = cell.0.load(Ordering::Relaxed);
+                cell.0.store(current + n, Ordering::Relaxed);
+            }
+            None => {
+                self.shared.fetch_add(n, Ordering::Relaxed);
+            }
+        }
     }
 
     pub(crate) fn sum(&self) -> u64 {
-        self.cells.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
+        self.cells
+            .iter()
+            .map(|c| c.0.load(Ordering::Relaxed))
+            .sum::<u64>()
+            + self.shared.load(Ordering::Relaxed)
     }
 }
 
@@ -130,5 +182,28 @@ impl CacheStats {
         } else {
             Duration::from_nanos((self.total_load_time.as_nanos() / self.loads as u128) as u64)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{StripedCounter, CELLS};
+
+    #[test]
+    fn counts_every_bump_from_more_threads_than_cells_and_from_reused_cells() {
+        let counter = StripedCounter::default();
+        // Waves of threads: later waves take over cells earlier ones left.
+        for _wave in 0..3 {
+            std::thread::scope(|scope| {
+                for _ in 0..(CELLS + 8) {
+                    scope.spawn(|| {
+                        for _ in 0..1_000 {
+                            counter.add(1);
+                        }
+                    });
+                }
+            });
+        }
+        assert_eq!(counter.sum(), 3 * (CELLS as u64 + 8) * 1_000);
     }
 }

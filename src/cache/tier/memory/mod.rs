@@ -200,7 +200,10 @@ where
             }
         }
         entry.count_read();
-        cell.hits.fetch_add(1, Ordering::Relaxed);
+        // The hit count only steers the climber: a plain load and store,
+        // which may lose a racing hit, rather than a locked increment.
+        let hits = cell.hits.load(Ordering::Relaxed);
+        cell.hits.store(hits + 1, Ordering::Relaxed);
         Some(entry.value.clone())
     }
 
