@@ -259,28 +259,44 @@ where
         }
     }
 
-    /// Counts a hit and starts a refresh when the entry is old enough.
+    /// Whether an entry loaded at `loaded_at` is due for refresh-ahead.
     #[inline(always)]
-    fn hit(self: &Arc<Self>, key: &S::Key, entry: &Cached<S::Value>) {
+    fn is_due(&self, loaded_at: Instant) -> bool {
+        self.config
+            .refresh_after
+            .is_some_and(|refresh_after| loaded_at.elapsed() >= refresh_after)
+    }
+
+    /// Counts a hit and starts a refresh when the entry is due for one.
+    #[inline(always)]
+    fn hit(self: &Arc<Self>, key: &S::Key, due: bool) {
         self.counters.hits.add(1);
-        if let Some(refresh_after) = self.config.refresh_after {
-            if entry.loaded_at.elapsed() >= refresh_after && !self.flights.contains_key(key) {
-                let (_, led) = self.join_or_lead(key);
-                if led {
-                    Counters::bump(&self.counters.refreshes);
-                }
+        if due {
+            self.refresh(key);
+        }
+    }
+
+    /// Starts one background reload of `key` unless a load is in flight.
+    #[cold]
+    fn refresh(self: &Arc<Self>, key: &S::Key) {
+        if !self.flights.contains_key(key) {
+            let (_, led) = self.join_or_lead(key);
+            if led {
+                Counters::bump(&self.counters.refreshes);
             }
         }
     }
 
     /// Asks a tier that answers at once (in-process) about `key`, without
-    /// creating a future; counts a hit.
+    /// creating a future; counts a hit. Only the value is copied out of
+    /// the tier, under its lock.
     #[inline(always)]
     pub(crate) fn try_hit(self: &Arc<Self>, key: &S::Key) -> Probe<S::Value> {
-        match self.tier.get_now(key) {
-            Some(Some(entry)) => {
-                self.hit(key, &entry);
-                Probe::Hit(entry.value)
+        let read = |entry: &Cached<S::Value>| (entry.value.clone(), self.is_due(entry.loaded_at));
+        match self.tier.get_now_with(key, read) {
+            Some(Some((value, due))) => {
+                self.hit(key, due);
+                Probe::Hit(value)
             }
             Some(None) => Probe::Miss,
             None => Probe::AskTier,
@@ -299,7 +315,7 @@ where
             Probe::Miss => self.miss(key).await,
             Probe::AskTier => match self.lookup(key).await {
                 Some(entry) => {
-                    self.hit(key, &entry);
+                    self.hit(key, self.is_due(entry.loaded_at));
                     Ok(entry.value)
                 }
                 None => self.miss(key).await,
@@ -423,7 +439,7 @@ where
             };
             match entry {
                 Some(entry) => {
-                    self.hit(key, &entry);
+                    self.hit(key, self.is_due(entry.loaded_at));
                     answers.push(entry.value);
                 }
                 None => {

@@ -55,6 +55,17 @@ pub trait CacheTier: Debug + Send + Sync + 'static {
         None
     }
 
+    /// Like [`get_now`](CacheTier::get_now), but hands the entry to `read`
+    /// instead of cloning it, so a caller that needs part of it copies
+    /// only that part. The default clones the entry `get_now` returns.
+    fn get_now_with<R>(
+        &self,
+        key: &Self::Key,
+        read: impl FnOnce(&Self::Value) -> R,
+    ) -> Option<Option<R>> {
+        self.get_now(key).map(|hit| hit.map(|value| read(&value)))
+    }
+
     /// Inserts or replaces an entry; `ttl` overrides the tier's default
     /// time-to-live for this entry (`None`: the default, if any).
     fn insert(

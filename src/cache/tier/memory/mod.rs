@@ -178,7 +178,7 @@ where
     }
 
     #[inline(always)]
-    fn lookup(&self, key: &K) -> Option<V> {
+    fn lookup<R>(&self, key: &K, read_entry: impl FnOnce(&V) -> R) -> Option<R> {
         let hash = self.hasher.hash_one(key);
         let cell = self.shard(hash);
         let shard = read(&cell.state);
@@ -204,7 +204,7 @@ where
         // which may lose a racing hit, rather than a locked increment.
         let hits = cell.hits.load(Ordering::Relaxed);
         cell.hits.store(hits + 1, Ordering::Relaxed);
-        Some(entry.value.clone())
+        Some(read_entry(&entry.value))
     }
 
     fn store(&self, key: K, value: V, ttl: Option<Duration>) {
@@ -251,12 +251,17 @@ where
     type Value = V;
 
     async fn get(&self, key: &K) -> Result<Option<V>> {
-        Ok(self.lookup(key))
+        Ok(self.lookup(key, V::clone))
     }
 
     #[inline]
     fn get_now(&self, key: &K) -> Option<Option<V>> {
-        Some(self.lookup(key))
+        Some(self.lookup(key, V::clone))
+    }
+
+    #[inline]
+    fn get_now_with<R>(&self, key: &K, read: impl FnOnce(&V) -> R) -> Option<Option<R>> {
+        Some(self.lookup(key, read))
     }
 
     async fn insert(&self, key: K, value: V, ttl: Option<Duration>) -> Result<()> {
