@@ -1,5 +1,5 @@
-//! Caches over any store: read-through and write-through layers, and the
-//! tiers they keep entries in.
+//! Caches over any store: read-through, write-through and write-behind
+//! layers, and the tiers they keep entries in.
 //!
 //! # Which cache for which problem
 //!
@@ -7,14 +7,16 @@
 //! |---|---|
 //! | a read-heavy store, writes through the same process | [`ReadThrough`]: misses load once, writes invalidate |
 //! | reads that should hit right after a write | [`WriteThrough`]: writes update the tier once the store took them |
+//! | writes that must return fast, and a store that prefers batches | [`WriteBehind`]: writes return once buffered; a flusher writes coalesced batches, retries, dead-letters |
 //! | a hot key whose reload is slow | either, with `refresh_after`: serve the old value while one background load replaces it |
 //! | many lookups of keys that do not exist | either, with `negative_ttl` |
 //! | a bound in bytes rather than entries | [`MemoryTier`] with `max_weight` |
 //! | many processes that should share one cache | a `RedisTier` (feature `redis`) |
 //! | many processes, each with its own in-process tier | `invalidate_across_processes` with a `RedisInvalidation` (feature `redis`) |
 //!
-//! Both layers wrap any [`Store`](crate::Store) and are themselves stores,
-//! so they stack with every other layer.
+//! All three layers wrap any [`Store`](crate::Store) and are themselves
+//! stores, so they stack with every other layer (a `ReadThrough` over a
+//! `WriteBehind` reads its own buffered writes, for example).
 //!
 //! # Guarantees
 //!
@@ -76,6 +78,7 @@ mod layers;
 mod read_future;
 mod stats;
 pub mod tier;
+mod write_behind;
 
 pub use self::builder::CacheBuilder;
 pub use self::core::Cached;
@@ -89,3 +92,6 @@ pub use self::tier::{MemoryTier, MemoryTierBuilder};
 pub use self::tier::{QuickCacheTier, QuickCacheTierBuilder};
 #[cfg(feature = "redis")]
 pub use self::tier::{RedisTier, RedisTierBuilder};
+pub use self::write_behind::{
+    DeadLetter, WhenFull, WriteBehind, WriteBehindBuilder, WriteBehindStats,
+};

@@ -1,0 +1,338 @@
+//! `WriteBehind`: writes return once buffered; a background flusher writes
+//! them to the store in batches.
+
+mod buffer;
+mod builder;
+mod dead_letter;
+mod flusher;
+mod stats;
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use self::buffer::{Buffer, Buffered};
+pub use self::builder::{WhenFull, WriteBehindBuilder};
+pub use self::dead_letter::DeadLetter;
+use self::dead_letter::DeadLetterSink;
+use self::stats::Counters;
+pub use self::stats::WriteBehindStats;
+use crate::store::{Store, Write};
+use crate::{Error, Position, Result};
+
+const COMPONENT: &str = "WriteBehind";
+
+/// How a [`WriteBehind`] batches, bounds and retries.
+#[derive(Debug, Clone)]
+struct Config {
+    batch_size: usize,
+    max_delay: Duration,
+    max_buffered: usize,
+    when_full: WhenFull,
+    max_retries: u32,
+    base_backoff: Duration,
+    max_backoff: Duration,
+}
+
+/// What the layer and its flusher share.
+struct Shared<S: Store> {
+    store: S,
+    config: Config,
+    buffer: Mutex<Buffer<S::Key, S::Value>>,
+    /// Wakes the flusher: a trigger may have fired.
+    wake: Notify,
+    /// Wakes writers waiting for room.
+    room: Notify,
+    /// Every write acknowledged up to this sequence is done.
+    done: watch::Sender<u64>,
+    /// The flusher has drained the buffer and stopped.
+    stopped: watch::Sender<bool>,
+    counters: Counters,
+    sink: Option<DeadLetterSink<S::Key, S::Value>>,
+    kept: Mutex<Vec<DeadLetter<S::Key, S::Value>>>,
+}
+
+impl<S: Store> Shared<S> {
+    fn lock(&self) -> MutexGuard<'_, Buffer<S::Key, S::Value>> {
+        // Buffer updates run no user code, so a poisoned lock still holds a
+        // consistent buffer.
+        self.buffer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn dead_letter(&self, letter: DeadLetter<S::Key, S::Value>) {
+        match &self.sink {
+            Some(sink) => sink(letter),
+            None => {
+                self.kept
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(letter);
+            }
+        }
+    }
+}
+
+/// A write-behind cache over any [`Store`], itself a [`Store`].
+///
+/// `put`, `delete` and `write_batch` return as soon as the write is in an
+/// in-memory buffer; a background task writes the buffer to the store in
+/// batches. What it promises:
+///
+/// - **Coalescing, in order.** Several writes of a key before a flush
+///   become one store write (the last wins; deletes too). A key's writes
+///   reach the store in the order they were acknowledged: one batch is in
+///   flight at a time, and a retried batch holds back the ones after it.
+/// - **Triggers.** A batch goes when `batch_size` keys are pending, when
+///   the oldest pending write is `max_delay` old, on [`flush`], and on
+///   [`shutdown`].
+/// - **Read-your-writes.** A `get` of a key with a buffered write returns
+///   that write (a buffered delete reads as absent), also while its batch
+///   is in flight.
+/// - **Bounded.** At most `max_buffered` keys are held; a write that needs
+///   a new entry in a full buffer waits for room or fails with
+///   [`Error::Unavailable`], as configured ([`WhenFull`]). A write to a key
+///   already pending always fits.
+/// - **Nothing silently dropped.** A failing batch is retried (transient
+///   errors only) with exponential back-off and jitter, up to a limit;
+///   then its writes go to the dead-letter sink, by default kept for
+///   [`take_dead_letters`] and counted in [`stats`].
+///
+/// Positions returned by writes are this layer's own acknowledgement
+/// sequence (they grow with every write), not the store's.
+///
+/// # Durability
+///
+/// Buffered writes live in memory: a process that dies before they are
+/// flushed loses them. Dropping the layer without [`shutdown`] starts the
+/// drain in the background and does not wait; the writes reach the store
+/// if the runtime keeps running. Call [`shutdown`] (or [`flush`]) where
+/// losing the tail matters.
+///
+/// [`flush`]: WriteBehind::flush
+/// [`shutdown`]: WriteBehind::shutdown
+/// [`take_dead_letters`]: WriteBehind::take_dead_letters
+/// [`stats`]: WriteBehind::stats
+///
+/// ```
+/// use std::time::Duration;
+/// use scalekit::cache::WriteBehind;
+/// use scalekit::{MemoryStore, Store};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// let store = MemoryStore::<u64, String>::new();
+/// let posts = WriteBehind::builder(store)
+///     .batch_size(500)
+///     .max_delay(Duration::from_millis(50))
+///     .build()?;
+/// posts.put(1, "hello".into()).await?; // buffered
+/// assert_eq!(posts.get(&1).await?, Some("hello".into())); // read-your-writes
+/// posts.flush().await?; // now in the store
+/// assert_eq!(posts.get_ref().get(&1).await?, Some("hello".into()));
+/// posts.shutdown().await;
+/// # Ok::<(), scalekit::Error>(()) }).unwrap();
+/// ```
+pub struct WriteBehind<S: Store> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S: Store> fmt::Debug for WriteBehind<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteBehind")
+            .field("store", &self.shared.store)
+            .field("config", &self.shared.config)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl<S: Store> WriteBehind<S> {
+    /// Starts configuring a write-behind layer over `store`.
+    pub fn builder(store: S) -> WriteBehindBuilder<S> {
+        WriteBehindBuilder::new(store)
+    }
+
+    /// The store behind the buffer.
+    pub fn get_ref(&self) -> &S {
+        &self.shared.store
+    }
+
+    /// The layer's counters.
+    pub fn stats(&self) -> WriteBehindStats {
+        let buffered = self.shared.lock().len() as u64;
+        self.shared.counters.snapshot(buffered)
+    }
+
+    /// Takes the dead letters kept so far (none when a sink was given), for
+    /// inspection or replay with `write_batch`.
+    pub fn take_dead_letters(&self) -> Vec<DeadLetter<S::Key, S::Value>> {
+        std::mem::take(
+            &mut *self
+                .shared
+                .kept
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    /// Waits until every write acknowledged before the call is done: in
+    /// the store, or handed to the dead-letter sink after its retries.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] if the flusher is gone (its task was
+    /// aborted, for example because the runtime is shutting down).
+    pub async fn flush(&self) -> Result<()> {
+        let target = {
+            let mut buffer = self.shared.lock();
+            buffer.flush_target = buffer.flush_target.max(buffer.last_seq());
+            buffer.last_seq()
+        };
+        self.shared.wake.notify_one();
+        let mut done = self.shared.done.subscribe();
+        done.wait_for(|&done| done >= target)
+            .await
+            .map(|_| ())
+            .map_err(|_| Error::unavailable(COMPONENT, "the flusher task is gone"))
+    }
+
+    /// Stops accepting writes, writes out everything buffered, and returns
+    /// when the flusher has stopped. Later writes fail with
+    /// [`Error::Unavailable`]; reads keep working (from the store).
+    pub async fn shutdown(&self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+        self.shared.room.notify_waiters();
+        let mut stopped = self.shared.stopped.subscribe();
+        let _ = stopped.wait_for(|&stopped| stopped).await;
+    }
+
+    /// Buffers writes under one lock; waits for (or refuses) room as
+    /// configured.
+    async fn buffer(&self, writes: Vec<Write<S::Key, S::Value>>) -> Result<Position> {
+        let shared = &self.shared;
+        let mut waited = false;
+        loop {
+            let room = shared.room.notified();
+            {
+                let mut buffer = shared.lock();
+                if buffer.closed {
+                    return Err(Error::unavailable(COMPONENT, "shut down: no more writes"));
+                }
+                let new_keys = count_new_keys(&buffer, &writes);
+                let fits = buffer.len() + new_keys <= shared.config.max_buffered
+                    // A batch larger than the whole bound goes in alone.
+                    || (buffer.len() == 0 && new_keys > shared.config.max_buffered);
+                if fits {
+                    let now = Instant::now();
+                    let count = writes.len() as u64;
+                    let mut seq = 0;
+                    let mut coalesced = 0;
+                    for write in writes {
+                        let (s, replaced) = buffer.push(write, now);
+                        seq = s;
+                        coalesced += u64::from(replaced);
+                    }
+                    drop(buffer);
+                    Counters::add(&shared.counters.acknowledged, count);
+                    Counters::add(&shared.counters.coalesced, coalesced);
+                    if waited {
+                        Counters::add(&shared.counters.waited_for_room, count);
+                    }
+                    // The flusher decides under the lock whether a trigger
+                    // fired or the delay of a first pending write needs arming.
+                    shared.wake.notify_one();
+                    return Ok(Position::new(seq));
+                }
+                if shared.config.when_full == WhenFull::Fail {
+                    Counters::add(&shared.counters.rejected_full, writes.len() as u64);
+                    return Err(Error::unavailable(
+                        COMPONENT,
+                        format!(
+                            "buffer full ({} entries); the store is not keeping up",
+                            shared.config.max_buffered
+                        ),
+                    ));
+                }
+            }
+            waited = true;
+            room.await;
+        }
+    }
+}
+
+/// Writes to keys not yet pending (each key counted once).
+fn count_new_keys<K: Clone + Eq + std::hash::Hash, V: Clone>(
+    buffer: &Buffer<K, V>,
+    writes: &[Write<K, V>],
+) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    writes
+        .iter()
+        .filter(|w| buffer.needs_room(w.key()) && seen.insert(w.key()))
+        .count()
+}
+
+impl<S: Store> Drop for WriteBehind<S> {
+    fn drop(&mut self) {
+        // Drain in the background; never block here.
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+        self.shared.room.notify_waiters();
+    }
+}
+
+impl<S: Store> Store for WriteBehind<S> {
+    type Key = S::Key;
+    type Value = S::Value;
+
+    async fn get(&self, key: &S::Key) -> Result<Option<S::Value>> {
+        if let Buffered::Write(value) = self.shared.lock().read(key) {
+            return Ok(value);
+        }
+        self.shared.store.get(key).await
+    }
+
+    async fn put(&self, key: S::Key, value: S::Value) -> Result<Position> {
+        self.buffer(vec![Write::Put(key, value)]).await
+    }
+
+    async fn delete(&self, key: &S::Key) -> Result<Position> {
+        self.buffer(vec![Write::Delete(key.clone())]).await
+    }
+
+    async fn get_many(&self, keys: &[S::Key]) -> Result<Vec<Option<S::Value>>> {
+        let mut answers = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        {
+            let buffer = self.shared.lock();
+            for (i, key) in keys.iter().enumerate() {
+                match buffer.read(key) {
+                    Buffered::Write(value) => answers.push(value),
+                    Buffered::Nothing => {
+                        answers.push(None);
+                        missing.push(i);
+                    }
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let wanted: Vec<S::Key> = missing.iter().map(|&i| keys[i].clone()).collect();
+            let loaded = self.shared.store.get_many(&wanted).await?;
+            for (i, value) in missing.into_iter().zip(loaded) {
+                answers[i] = value;
+            }
+        }
+        Ok(answers)
+    }
+
+    async fn write_batch(&self, batch: Vec<Write<S::Key, S::Value>>) -> Result<Position> {
+        if batch.is_empty() {
+            let last = self.shared.lock().last_seq();
+            return Ok(Position::new(last));
+        }
+        self.buffer(batch).await
+    }
+}
