@@ -415,3 +415,220 @@ async fn write_behind_passes_the_conformance_suite_and_the_model() {
         .unwrap();
     ModelTest::new().cases(64).run(&layer).await;
 }
+
+/// A store that fails (transiently) while told to, and logs the batches it
+/// takes.
+#[derive(Debug, Default)]
+struct FlakyLog {
+    inner: MemoryStore<u64, String>,
+    failing: std::sync::atomic::AtomicBool,
+    failures: AtomicUsize,
+    taken: Mutex<Vec<Vec<Write<u64, String>>>>,
+}
+
+impl Store for FlakyLog {
+    type Key = u64;
+    type Value = String;
+
+    async fn get(&self, key: &u64) -> scalekit::Result<Option<String>> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: u64, value: String) -> scalekit::Result<scalekit::Position> {
+        self.write_batch(vec![Write::Put(key, value)]).await
+    }
+    async fn delete(&self, key: &u64) -> scalekit::Result<scalekit::Position> {
+        self.write_batch(vec![Write::Delete(*key)]).await
+    }
+    async fn write_batch(
+        &self,
+        batch: Vec<Write<u64, String>>,
+    ) -> scalekit::Result<scalekit::Position> {
+        if self.failing.load(Ordering::SeqCst) {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            return Err(Error::unavailable("FlakyLog", "down"));
+        }
+        self.taken.lock().unwrap().push(batch.clone());
+        self.inner.write_batch(batch).await
+    }
+}
+
+#[tokio::test]
+async fn per_key_order_holds_across_retries() {
+    let store = Arc::new(FlakyLog::default());
+    store.failing.store(true, Ordering::SeqCst);
+    let layer = Arc::new(
+        WriteBehind::builder(Arc::clone(&store))
+            .retries(1_000, Duration::from_millis(1), Duration::from_millis(2))
+            .build()
+            .unwrap(),
+    );
+    layer.put(1, "a".into()).await.unwrap();
+    let first = tokio::spawn({
+        let layer = Arc::clone(&layer);
+        async move { layer.flush().await }
+    });
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while store.failures.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the batch is being retried");
+    // Later writes of the key wait behind the batch being retried.
+    layer.put(1, "b".into()).await.unwrap();
+    layer.put(2, "c".into()).await.unwrap();
+    store.failing.store(false, Ordering::SeqCst);
+    first.await.unwrap().unwrap();
+    layer.flush().await.unwrap();
+    let taken = store.taken.lock().unwrap().clone();
+    assert_eq!(taken[0], vec![Write::Put(1, "a".into())]);
+    assert!(taken[1..]
+        .iter()
+        .flatten()
+        .any(|w| *w == Write::Put(1, "b".into())));
+    assert_eq!(store.inner.get(&1).await.unwrap(), Some("b".into()));
+    assert_eq!(layer.stats().dead_lettered, 0);
+}
+
+#[tokio::test]
+async fn a_stalled_store_holds_the_buffer_at_its_bound_and_loses_nothing() {
+    let gated = Arc::new(GatedStore::default());
+    let layer = Arc::new(
+        WriteBehind::builder(Arc::clone(&gated))
+            .batch_size(16)
+            .max_buffered(64, WhenFull::Wait)
+            .max_delay(Duration::from_millis(1))
+            .build()
+            .unwrap(),
+    );
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let layer = Arc::clone(&layer);
+            tokio::spawn(async move {
+                for i in 0..100u64 {
+                    layer.put(w * 1_000 + i, format!("{w}/{i}")).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    gated.arrived(1).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(layer.stats().buffered <= 64, "bounded: {:?}", layer.stats());
+    assert!(writers.iter().any(|w| !w.is_finished()), "writers wait");
+    gated.gate.add_permits(1_000);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    layer.flush().await.unwrap();
+    for w in 0..4u64 {
+        for i in 0..100u64 {
+            assert_eq!(
+                gated.inner.get(&(w * 1_000 + i)).await.unwrap(),
+                Some(format!("{w}/{i}"))
+            );
+        }
+    }
+    assert!(layer.stats().waited_for_room > 0);
+}
+
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Put(u64, u8),
+        Delete(u64),
+        Get(u64),
+        Flush,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..8u64, any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
+            1 => (0..8u64).prop_map(Op::Delete),
+            3 => (0..8u64).prop_map(Op::Get),
+            1 => Just(Op::Flush),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Tasks on disjoint keys, a store failing a third of its batches:
+        /// every read agrees with the task's model, and after a flush the
+        /// store equals the model.
+        #[test]
+        fn reads_and_the_flushed_store_agree_with_a_map(
+            tasks in proptest::collection::vec(proptest::collection::vec(op(), 1..40), 1..4),
+            seed in any::<u64>(),
+        ) {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let store = FaultyStore::builder(MemoryStore::<u64, String>::new())
+                    .fail_with_probability(0.3, seed)
+                    .on(&[scalekit::testing::Operation::WriteBatch])
+                    .build()
+                    .unwrap();
+                let layer = Arc::new(
+                    WriteBehind::builder(store)
+                        .batch_size(4)
+                        .max_delay(Duration::from_millis(1))
+                        .retries(60, Duration::from_micros(100), Duration::from_millis(1))
+                        .build()
+                        .unwrap(),
+                );
+                let handles: Vec<_> = tasks
+                    .into_iter()
+                    .enumerate()
+                    .map(|(t, ops)| {
+                        let layer = Arc::clone(&layer);
+                        tokio::spawn(async move {
+                            let base = t as u64 * 100;
+                            let mut model = HashMap::new();
+                            for op in ops {
+                                match op {
+                                    Op::Put(k, v) => {
+                                        layer.put(base + k, v.to_string()).await.unwrap();
+                                        model.insert(base + k, v.to_string());
+                                    }
+                                    Op::Delete(k) => {
+                                        layer.delete(&(base + k)).await.unwrap();
+                                        model.remove(&(base + k));
+                                    }
+                                    Op::Get(k) => {
+                                        let got = layer.get(&(base + k)).await.unwrap();
+                                        assert_eq!(got, model.get(&(base + k)).cloned());
+                                    }
+                                    Op::Flush => layer.flush().await.unwrap(),
+                                }
+                            }
+                            model
+                        })
+                    })
+                    .collect();
+                let mut model = HashMap::new();
+                for handle in handles {
+                    model.extend(handle.await.unwrap());
+                }
+                layer.flush().await.unwrap();
+                assert_eq!(layer.stats().dead_lettered, 0);
+                for t in 0..4u64 {
+                    for k in 0..8u64 {
+                        let key = t * 100 + k;
+                        assert_eq!(
+                            layer.get_ref().get_ref().get(&key).await.unwrap(),
+                            model.get(&key).cloned(),
+                            "key {key} in the store"
+                        );
+                    }
+                }
+            });
+        }
+    }
+}
