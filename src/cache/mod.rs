@@ -93,5 +93,5 @@ pub use self::tier::{QuickCacheTier, QuickCacheTierBuilder};
 #[cfg(feature = "redis")]
 pub use self::tier::{RedisTier, RedisTierBuilder};
 pub use self::write_behind::{
-    DeadLetter, WhenFull, WriteBehind, WriteBehindBuilder, WriteBehindStats,
+    DeadLetter, SyncPolicy, WhenFull, WriteBehind, WriteBehindBuilder, WriteBehindStats,
 };

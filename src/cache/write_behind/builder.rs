@@ -1,6 +1,7 @@
 //! Configuring a [`WriteBehind`].
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -8,8 +9,10 @@ use tokio::sync::{watch, Notify};
 
 use super::buffer::Buffer;
 use super::dead_letter::{DeadLetter, DeadLetterSink};
+use super::journal::{self, DecodeFn, EncodeFn, Journal, SyncPolicy};
 use super::stats::Counters;
 use super::{flusher, Config, Shared, WriteBehind, COMPONENT};
+use crate::codec::Codec;
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -28,6 +31,14 @@ pub struct WriteBehindBuilder<S: Store> {
     store: S,
     config: Config,
     sink: Option<DeadLetterSink<S::Key, S::Value>>,
+    journal: Option<JournalConfig<S::Key, S::Value>>,
+}
+
+struct JournalConfig<K, V> {
+    dir: PathBuf,
+    policy: SyncPolicy,
+    encode: EncodeFn<K, V>,
+    decode: DecodeFn<K, V>,
 }
 
 impl<S: Store> fmt::Debug for WriteBehindBuilder<S> {
@@ -36,6 +47,10 @@ impl<S: Store> fmt::Debug for WriteBehindBuilder<S> {
             .field("store", &self.store)
             .field("config", &self.config)
             .field("dead_letter_sink", &self.sink.is_some())
+            .field(
+                "journal",
+                &self.journal.as_ref().map(|j| (&j.dir, j.policy)),
+            )
             .finish()
     }
 }
@@ -54,6 +69,7 @@ impl<S: Store> WriteBehindBuilder<S> {
                 max_backoff: Duration::from_secs(5),
             },
             sink: None,
+            journal: None,
         }
     }
 
@@ -101,13 +117,16 @@ impl<S: Store> WriteBehindBuilder<S> {
         self
     }
 
-    /// Validates the configuration and starts the flusher task.
+    /// Validates the configuration, replays the journal (if any) and
+    /// starts the flusher task.
     ///
     /// # Errors
     ///
     /// [`Error::Config`] when `batch_size` or `max_buffered` is 0, the
-    /// delay or the back-off is zero, the back-off cap is below its base,
-    /// or there is no tokio runtime to run the flusher on.
+    /// delay, the back-off or the sync interval is zero, the back-off cap
+    /// is below its base, or there is no tokio runtime to run the flusher
+    /// on; [`Error::Backend`] when the journal directory cannot be read or
+    /// written.
     pub fn build(self) -> Result<WriteBehind<S>> {
         let c = &self.config;
         let problem = if c.batch_size == 0 {
@@ -126,16 +145,40 @@ impl<S: Store> WriteBehindBuilder<S> {
         if let Some(problem) = problem {
             return Err(Error::config(COMPONENT, problem));
         }
+        if let Some(SyncPolicy::Interval(interval)) = self.journal.as_ref().map(|j| j.policy) {
+            if interval.is_zero() {
+                return Err(Error::config(
+                    COMPONENT,
+                    "the journal's sync interval must be longer than zero",
+                ));
+            }
+        }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::config(
                 COMPONENT,
                 "build it inside a tokio runtime: it runs a flusher task",
             )
         })?;
+        let mut buffer = Buffer::new();
+        let mut replay_stats = (0, 0);
+        let journal = match self.journal {
+            Some(config) => {
+                let (journal, replay) = Journal::open(&config.dir, config.policy, config.decode)?;
+                replay_stats = (replay.writes.len() as u64, replay.bad_records);
+                let now = tokio::time::Instant::now();
+                for write in replay.writes {
+                    buffer.push(write, now);
+                }
+                buffer.flush_target = buffer.last_seq();
+                Some((journal, config.encode))
+            }
+            None => None,
+        };
+        let replayed_up_to = buffer.last_seq();
         let shared = Arc::new(Shared {
             store: self.store,
             config: self.config,
-            buffer: Mutex::new(Buffer::new()),
+            buffer: Mutex::new(buffer),
             wake: Notify::new(),
             room: Notify::new(),
             done: watch::Sender::new(0),
@@ -143,8 +186,41 @@ impl<S: Store> WriteBehindBuilder<S> {
             counters: Counters::default(),
             sink: self.sink,
             kept: Mutex::new(Vec::new()),
+            journal,
+            replayed_up_to,
         });
+        Counters::add(&shared.counters.replayed, replay_stats.0);
+        Counters::add(&shared.counters.bad_journal_records, replay_stats.1);
+        if let Some((journal, _)) = &shared.journal {
+            if let SyncPolicy::Interval(interval) = journal.policy() {
+                runtime.spawn(flusher::sync_every(Arc::downgrade(&shared), interval));
+            }
+        }
         runtime.spawn(flusher::run(Arc::clone(&shared)));
         Ok(WriteBehind { shared })
+    }
+}
+
+impl<S> WriteBehindBuilder<S>
+where
+    S: Store,
+    S::Key: Codec,
+    S::Value: Codec,
+{
+    /// Logs every write to a journal in `dir` before acknowledging it, so
+    /// that a crash loses no acknowledged write: on the next `build` with
+    /// the same directory, the writes the store had not confirmed are
+    /// replayed into it before new writes are accepted. `policy` says when
+    /// the log is forced to the disk (a crash of the process loses nothing
+    /// under any policy; a power loss, see [`SyncPolicy`]). One journal
+    /// directory belongs to one `WriteBehind` at a time.
+    pub fn journal(mut self, dir: impl Into<PathBuf>, policy: SyncPolicy) -> Self {
+        self.journal = Some(JournalConfig {
+            dir: dir.into(),
+            policy,
+            encode: journal::encode::<S::Key, S::Value>,
+            decode: journal::decode::<S::Key, S::Value>,
+        });
+        self
     }
 }

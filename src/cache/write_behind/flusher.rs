@@ -19,10 +19,36 @@ pub(super) async fn run<S: Store>(shared: Arc<Shared<S>>) {
     while let Some(batch) = next_batch(&shared).await {
         write(&shared, batch, &mut rng).await;
         let done = shared.lock().finish_batch();
+        if let Some((journal, _)) = &shared.journal {
+            if let Err(error) = journal.confirm(done) {
+                // The records stay and are replayed (again) on the next
+                // start: writes are idempotent, so that is safe.
+                tracing::warn!(%error, "write-behind journal: could not drop confirmed records");
+            }
+        }
         shared.done.send_replace(done);
         shared.room.notify_waiters();
     }
     shared.stopped.send_replace(true);
+}
+
+/// Forces the journal to the disk every `interval` while the layer lives
+/// (the `Interval` sync policy).
+pub(super) async fn sync_every<S: Store>(shared: std::sync::Weak<Shared<S>>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if *shared.stopped.borrow() {
+            return;
+        }
+        if let Some((journal, _)) = &shared.journal {
+            if let Err(error) = journal.sync().await {
+                tracing::warn!(%error, "write-behind journal: periodic sync failed");
+            }
+        }
+    }
 }
 
 /// Waits for a trigger and takes the next batch; `None` once closed and

@@ -5,6 +5,7 @@ mod buffer;
 mod builder;
 mod dead_letter;
 mod flusher;
+mod journal;
 mod stats;
 
 use std::fmt;
@@ -18,6 +19,8 @@ use self::buffer::{Buffer, Buffered};
 pub use self::builder::{WhenFull, WriteBehindBuilder};
 pub use self::dead_letter::DeadLetter;
 use self::dead_letter::DeadLetterSink;
+pub use self::journal::SyncPolicy;
+use self::journal::{EncodeFn, Journal};
 use self::stats::Counters;
 pub use self::stats::WriteBehindStats;
 use crate::store::{Store, Write};
@@ -37,6 +40,9 @@ struct Config {
     max_backoff: Duration,
 }
 
+/// The journal, and how writes are encoded for it.
+type Journalled<K, V> = (Journal, EncodeFn<K, V>);
+
 /// What the layer and its flusher share.
 struct Shared<S: Store> {
     store: S,
@@ -53,6 +59,11 @@ struct Shared<S: Store> {
     counters: Counters,
     sink: Option<DeadLetterSink<S::Key, S::Value>>,
     kept: Mutex<Vec<DeadLetter<S::Key, S::Value>>>,
+    /// The journal, and how writes are encoded for it.
+    journal: Option<Journalled<S::Key, S::Value>>,
+    /// New writes wait until the writes replayed from the journal up to
+    /// this sequence are done.
+    replayed_up_to: u64,
 }
 
 impl<S: Store> Shared<S> {
@@ -213,29 +224,13 @@ impl<S: Store> WriteBehind<S> {
     /// configured.
     async fn buffer(&self, writes: Vec<Write<S::Key, S::Value>>) -> Result<Position> {
         let shared = &self.shared;
+        let count = writes.len() as u64;
+        let mut writes = Some(writes);
         let mut waited = false;
         loop {
             let room = shared.room.notified();
-            {
-                let mut buffer = shared.lock();
-                if buffer.closed {
-                    return Err(Error::unavailable(COMPONENT, "shut down: no more writes"));
-                }
-                let new_keys = count_new_keys(&buffer, &writes);
-                let fits = buffer.len() + new_keys <= shared.config.max_buffered
-                    // A batch larger than the whole bound goes in alone.
-                    || (buffer.len() == 0 && new_keys > shared.config.max_buffered);
-                if fits {
-                    let now = Instant::now();
-                    let count = writes.len() as u64;
-                    let mut seq = 0;
-                    let mut coalesced = 0;
-                    for write in writes {
-                        let (s, replaced) = buffer.push(write, now);
-                        seq = s;
-                        coalesced += u64::from(replaced);
-                    }
-                    drop(buffer);
+            match self.try_buffer(&mut writes)? {
+                Some((seq, coalesced, ticket)) => {
                     Counters::add(&shared.counters.acknowledged, count);
                     Counters::add(&shared.counters.coalesced, coalesced);
                     if waited {
@@ -244,22 +239,76 @@ impl<S: Store> WriteBehind<S> {
                     // The flusher decides under the lock whether a trigger
                     // fired or the delay of a first pending write needs arming.
                     shared.wake.notify_one();
+                    if let (Some(ticket), Some((journal, _))) = (ticket, &shared.journal) {
+                        journal.durable(ticket).await?;
+                    }
                     return Ok(Position::new(seq));
                 }
-                if shared.config.when_full == WhenFull::Fail {
-                    Counters::add(&shared.counters.rejected_full, writes.len() as u64);
-                    return Err(Error::unavailable(
-                        COMPONENT,
-                        format!(
-                            "buffer full ({} entries); the store is not keeping up",
-                            shared.config.max_buffered
-                        ),
-                    ));
+                None => {
+                    waited = true;
+                    room.await;
                 }
             }
-            waited = true;
-            room.await;
         }
+    }
+
+    /// Buffers the writes if they fit (journalling them first): their last
+    /// sequence, how many replaced pending writes, and the journal ticket
+    /// to wait on; `None` to wait for room.
+    fn try_buffer(
+        &self,
+        writes: &mut Option<Vec<Write<S::Key, S::Value>>>,
+    ) -> Result<Option<(u64, u64, Option<u64>)>> {
+        let shared = &self.shared;
+        let mut buffer = shared.lock();
+        if buffer.closed {
+            return Err(Error::unavailable(COMPONENT, "shut down: no more writes"));
+        }
+        let Some(pending) = writes.as_ref() else {
+            return Ok(None);
+        };
+        if *shared.done.borrow() < shared.replayed_up_to {
+            // Writes replayed from the journal go to the store first.
+            return Ok(None);
+        }
+        let new_keys = count_new_keys(&buffer, pending);
+        let fits = buffer.len() + new_keys <= shared.config.max_buffered
+            // A batch larger than the whole bound goes in alone.
+            || (buffer.len() == 0 && new_keys > shared.config.max_buffered);
+        if !fits {
+            if shared.config.when_full == WhenFull::Fail {
+                Counters::add(&shared.counters.rejected_full, pending.len() as u64);
+                return Err(Error::unavailable(
+                    COMPONENT,
+                    format!(
+                        "buffer full ({} entries); the store is not keeping up",
+                        shared.config.max_buffered
+                    ),
+                ));
+            }
+            return Ok(None);
+        }
+        // Journal first: a write that cannot be logged is neither
+        // acknowledged nor buffered.
+        let ticket = match &shared.journal {
+            Some((journal, encode)) => {
+                let mut records = Vec::new();
+                for write in pending {
+                    journal::frame(write, *encode, &mut records)?;
+                }
+                let last = buffer.last_seq() + pending.len() as u64;
+                Some(journal.append(&records, last)?)
+            }
+            None => None,
+        };
+        let now = Instant::now();
+        let (mut seq, mut coalesced) = (buffer.last_seq(), 0);
+        for write in writes.take().unwrap_or_default() {
+            let (s, replaced) = buffer.push(write, now);
+            seq = s;
+            coalesced += u64::from(replaced);
+        }
+        Ok(Some((seq, coalesced, ticket)))
     }
 }
 

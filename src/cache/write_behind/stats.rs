@@ -12,6 +12,8 @@ pub(super) struct Counters {
     pub(super) dead_lettered: AtomicU64,
     pub(super) waited_for_room: AtomicU64,
     pub(super) rejected_full: AtomicU64,
+    pub(super) replayed: AtomicU64,
+    pub(super) bad_journal_records: AtomicU64,
 }
 
 impl Counters {
@@ -30,6 +32,8 @@ impl Counters {
             dead_lettered: load(&self.dead_lettered),
             waited_for_room: load(&self.waited_for_room),
             rejected_full: load(&self.rejected_full),
+            replayed: load(&self.replayed),
+            bad_journal_records: load(&self.bad_journal_records),
             buffered,
         }
     }
@@ -56,6 +60,11 @@ pub struct WriteBehindStats {
     pub waited_for_room: u64,
     /// Writes refused because the buffer was full.
     pub rejected_full: u64,
+    /// Writes read back from the journal at start and sent to the store.
+    pub replayed: u64,
+    /// Journal records found torn or corrupted at start: reported, not
+    /// applied (a crash mid-append leaves at most one, unacknowledged).
+    pub bad_journal_records: u64,
     /// Entries buffered now (pending, plus the batch in flight).
     pub buffered: u64,
 }
