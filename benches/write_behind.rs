@@ -1,6 +1,7 @@
 //! Write-behind against write-through over a store with 200 µs per call:
 //! put throughput, the backend writes a Zipf(0.99) stream costs, and what
-//! the journal costs.
+//! the journal costs, for one writer and for 64 concurrent ones. (tokio's
+//! timer rounds the 200 µs up to about a millisecond per store call.)
 //!
 //! `cargo bench --bench write_behind`; compare the ratios within one run.
 
@@ -35,6 +36,25 @@ async fn put_loop<S: Store<Key = u64, Value = String>>(
             .put((offset + i) % KEYS, "value".to_string())
             .await
             .unwrap();
+    }
+    start.elapsed()
+}
+
+/// `iters` puts spread over `tasks` concurrent tasks (a server's writers).
+async fn concurrent_puts<S>(store: Arc<S>, iters: u64, tasks: u64) -> Duration
+where
+    S: Store<Key = u64, Value = String>,
+{
+    let per_task = iters / tasks + 1;
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { put_loop(&*store, per_task, t * 997).await })
+        })
+        .collect();
+    for handle in handles {
+        handle.await.unwrap();
     }
     start.elapsed()
 }
@@ -103,6 +123,15 @@ fn puts(c: &mut Criterion) {
         b.to_async(&runtime)
             .iter_custom(|iters| put_loop(&*journalled, iters, 0))
     });
+    for (name, layer) in [
+        ("write_behind_64_writers", &behind),
+        ("write_behind_journalled_2ms_64_writers", &journalled),
+    ] {
+        group.bench_function(name, |b| {
+            b.to_async(&runtime)
+                .iter_custom(|iters| concurrent_puts(Arc::clone(layer), iters, 64))
+        });
+    }
     group.finish();
     runtime.block_on(async {
         behind.shutdown().await;

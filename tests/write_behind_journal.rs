@@ -309,3 +309,28 @@ fn every_acknowledged_write_survives_sigkill() {
         store.close().await;
     });
 }
+
+#[test]
+fn a_writer_cancelled_while_leading_the_journal_write_does_not_wedge_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Shared = Arc::default();
+    runtime().block_on(async {
+        let layer = WriteBehind::builder(Arc::clone(&store))
+            .journal(dir.path(), SyncPolicy::EveryWrite)
+            .build()
+            .unwrap();
+        // Polled once, the put leads the journal write and yields; the
+        // timeout then drops it.
+        let cancelled = tokio::time::timeout(Duration::ZERO, layer.put(1, "maybe".into())).await;
+        assert!(cancelled.is_err(), "cancelled mid-write");
+        tokio::time::timeout(Duration::from_secs(10), layer.put(2, "two".into()))
+            .await
+            .expect("the next writer is not stuck")
+            .unwrap();
+        layer.shutdown().await;
+    });
+    assert_eq!(
+        runtime().block_on(store.get(&2)).unwrap(),
+        Some("two".into())
+    );
+}

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -56,16 +56,26 @@ struct Segment {
 
 #[derive(Debug)]
 struct State {
-    active: File,
+    active: Arc<File>,
     active_id: u64,
     active_len: u64,
     /// Sequence of the last write in the active segment (0: none).
     active_last_seq: u64,
     closed: VecDeque<Segment>,
-    /// Bytes appended since open, and how many of them are known durable.
+    /// Records queued for the next write to the file, in sequence order,
+    /// and the sequence of the last of them.
+    queue: Vec<u8>,
+    queue_last_seq: u64,
+    /// Bytes queued since open; bytes written to the files; bytes known
+    /// durable.
+    queued: u64,
     appended: u64,
     synced: u64,
+    /// A writer is writing the queue out, or syncing.
+    writing: bool,
     syncing: bool,
+    /// A write to the file failed: the journal refuses further records.
+    broken: Option<Error>,
 }
 
 /// What a replay found.
@@ -82,7 +92,8 @@ pub(super) struct Journal {
     dir: PathBuf,
     policy: SyncPolicy,
     state: Mutex<State>,
-    synced: Notify,
+    /// Wakes writers waiting for a write or a sync of the file.
+    progress: Notify,
 }
 
 fn io_error(operation: &'static str, error: io::Error) -> Error {
@@ -189,16 +200,21 @@ impl Journal {
             dir: dir.to_path_buf(),
             policy,
             state: Mutex::new(State {
-                active,
+                active: Arc::new(active),
                 active_id,
                 active_len: 0,
                 active_last_seq: 0,
                 closed,
+                queue: Vec::new(),
+                queue_last_seq: 0,
+                queued: 0,
                 appended: 0,
                 synced: 0,
+                writing: false,
                 syncing: false,
+                broken: None,
             }),
-            synced: Notify::new(),
+            progress: Notify::new(),
         };
         Ok((
             journal,
@@ -217,46 +233,111 @@ impl Journal {
         self.policy
     }
 
-    /// Appends encoded records (the writes with sequences up to
-    /// `last_seq`); returns the ticket to wait on for durability. Called
-    /// under the buffer's lock, so the log's order is the acknowledgement
-    /// order.
-    pub(super) fn append(&self, records: &[u8], last_seq: u64) -> Result<u64> {
+    /// Queues encoded records (the writes with sequences up to
+    /// `last_seq`) for the file; returns the ticket to wait on with
+    /// [`written`](Self::written). Called under the buffer's lock, so the
+    /// log's order is the acknowledgement order.
+    pub(super) fn enqueue(&self, records: &[u8], last_seq: u64) -> Result<u64> {
         let mut state = self.lock();
-        if state.active_len >= SEGMENT_BYTES {
-            // Close the full segment: make it durable, then start the next.
-            state.active.sync_data().map_err(|e| io_error("sync", e))?;
-            let next = state.active_id + 1;
-            let file = open_segment(&self.dir, next)?;
-            let closing = Segment {
-                id: state.active_id,
-                last_seq: state.active_last_seq,
-            };
-            state.closed.push_back(closing);
-            state.active = file;
-            state.active_id = next;
-            state.active_len = 0;
-            state.synced = state.appended;
+        if let Some(error) = &state.broken {
+            return Err(error.clone());
         }
-        state
-            .active
-            .write_all(records)
-            .map_err(|e| io_error("append", e))?;
-        state.active_len += records.len() as u64;
-        state.active_last_seq = last_seq;
-        state.appended += records.len() as u64;
-        Ok(state.appended)
+        state.queue.extend_from_slice(records);
+        state.queue_last_seq = last_seq;
+        state.queued += records.len() as u64;
+        Ok(state.queued)
     }
 
-    /// Waits until the records up to `ticket` are on the disk, if the
-    /// policy asks for that before an acknowledgement. One writer syncs
-    /// for everyone waiting (group commit).
+    /// Waits until the records up to `ticket` are written to the file (in
+    /// the OS: they survive a crash of the process). One writer writes the
+    /// queue for everyone waiting (group append), so many concurrent
+    /// writers share one system call.
+    pub(super) async fn written(&self, ticket: u64) -> Result<()> {
+        loop {
+            let progress = self.progress.notified();
+            let leads = {
+                let mut state = self.lock();
+                if let Some(error) = &state.broken {
+                    return Err(error.clone());
+                }
+                if state.appended >= ticket {
+                    return Ok(());
+                }
+                !std::mem::replace(&mut state.writing, true)
+            };
+            if !leads {
+                progress.await;
+                continue;
+            }
+            // This writer leads; if it is cancelled, the guard hands the
+            // lead back.
+            let guard = Lead::new(self, |state| state.writing = false);
+            // Let the other writers that are ready queue their records
+            // first, so that one system call carries them all.
+            tokio::task::yield_now().await;
+            let (rotated, file, bytes, last_seq) = {
+                let mut state = self.lock();
+                let rotated = if state.active_len >= SEGMENT_BYTES {
+                    self.rotate(&mut state)
+                } else {
+                    Ok(())
+                };
+                let bytes = std::mem::take(&mut state.queue);
+                (
+                    rotated,
+                    Arc::clone(&state.active),
+                    bytes,
+                    state.queue_last_seq,
+                )
+            };
+            let result = rotated.and_then(|()| {
+                (&*file)
+                    .write_all(&bytes)
+                    .map_err(|e| io_error("append", e))
+            });
+            {
+                let mut state = self.lock();
+                match &result {
+                    Ok(()) => {
+                        state.appended += bytes.len() as u64;
+                        state.active_len += bytes.len() as u64;
+                        state.active_last_seq = last_seq;
+                    }
+                    Err(error) => state.broken = Some(error.clone()),
+                }
+            }
+            drop(guard);
+            result?;
+        }
+    }
+
+    /// Closes the full active segment (made durable first) and starts the
+    /// next. The caller holds the state and is the only writer.
+    fn rotate(&self, state: &mut State) -> Result<()> {
+        state.active.sync_data().map_err(|e| io_error("sync", e))?;
+        let next = state.active_id + 1;
+        let file = open_segment(&self.dir, next)?;
+        state.closed.push_back(Segment {
+            id: state.active_id,
+            last_seq: state.active_last_seq,
+        });
+        state.active = Arc::new(file);
+        state.active_id = next;
+        state.active_len = 0;
+        state.synced = state.appended;
+        Ok(())
+    }
+
+    /// Waits until the records up to `ticket` are written and, if the
+    /// policy asks for that before an acknowledgement, on the disk. One
+    /// writer syncs for everyone waiting (group commit).
     pub(super) async fn durable(&self, ticket: u64) -> Result<()> {
+        self.written(ticket).await?;
         if self.policy != SyncPolicy::EveryWrite {
             return Ok(());
         }
         loop {
-            let synced = self.synced.notified();
+            let progress = self.progress.notified();
             let lead = {
                 let mut state = self.lock();
                 if state.synced >= ticket {
@@ -266,28 +347,22 @@ impl Journal {
                     None
                 } else {
                     state.syncing = true;
-                    let file = state.active.try_clone().map_err(|e| io_error("sync", e));
-                    Some((file, state.appended))
+                    Some((Arc::clone(&state.active), state.appended))
                 }
             };
             match lead {
-                None => synced.await,
+                None => progress.await,
                 Some((file, upto)) => {
-                    let result = match file {
-                        Ok(file) => tokio::task::spawn_blocking(move || file.sync_data())
-                            .await
-                            .unwrap_or_else(|e| Err(io::Error::other(e)))
-                            .map_err(|e| io_error("sync", e)),
-                        Err(error) => Err(error),
-                    };
-                    {
+                    let guard = Lead::new(self, |state| state.syncing = false);
+                    let result = tokio::task::spawn_blocking(move || file.sync_data())
+                        .await
+                        .unwrap_or_else(|e| Err(io::Error::other(e)))
+                        .map_err(|e| io_error("sync", e));
+                    if result.is_ok() {
                         let mut state = self.lock();
-                        state.syncing = false;
-                        if result.is_ok() {
-                            state.synced = state.synced.max(upto);
-                        }
+                        state.synced = state.synced.max(upto);
                     }
-                    self.synced.notify_waiters();
+                    drop(guard);
                     result?;
                 }
             }
@@ -299,8 +374,7 @@ impl Journal {
     pub(super) async fn sync(&self) -> Result<()> {
         let (file, upto) = {
             let state = self.lock();
-            let file = state.active.try_clone().map_err(|e| io_error("sync", e))?;
-            (file, state.appended)
+            (Arc::clone(&state.active), state.appended)
         };
         tokio::task::spawn_blocking(move || file.sync_data())
             .await
@@ -325,7 +399,9 @@ impl Journal {
                 }
             }
         }
-        if state.closed.is_empty() && state.active_len > 0 && state.active_last_seq <= done {
+        let idle = !state.writing && state.queue.is_empty();
+        if idle && state.closed.is_empty() && state.active_len > 0 && state.active_last_seq <= done
+        {
             state
                 .active
                 .set_len(0)
@@ -333,6 +409,26 @@ impl Journal {
             state.active_len = 0;
         }
         Ok(())
+    }
+}
+
+/// A writer's lead of a write or a sync: when it ends (done, failed or
+/// cancelled), the flag is cleared and the waiting writers are woken.
+struct Lead<'a> {
+    journal: &'a Journal,
+    release: fn(&mut State),
+}
+
+impl<'a> Lead<'a> {
+    fn new(journal: &'a Journal, release: fn(&mut State)) -> Self {
+        Lead { journal, release }
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        (self.release)(&mut self.journal.lock());
+        self.journal.progress.notify_waiters();
     }
 }
 

@@ -297,7 +297,7 @@ impl<S: Store> WriteBehind<S> {
                     journal::frame(write, *encode, &mut records)?;
                 }
                 let last = buffer.last_seq() + pending.len() as u64;
-                Some(journal.append(&records, last)?)
+                Some(journal.enqueue(&records, last)?)
             }
             None => None,
         };
