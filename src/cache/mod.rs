@@ -69,6 +69,12 @@
 //!   from a cold start): with 10,000 entries, 73 % hits, 3.7× fewer backend
 //!   calls and 3.2× the throughput; with 1,000 entries, 59 % hits, 2.4×
 //!   fewer calls and 2.2× the throughput.
+//! - **Write-behind** (`cargo bench --bench write_behind`, a store with
+//!   200 µs per call, which tokio's timer stretches to about 1.3 ms): a
+//!   [`WriteBehind`] put is acknowledged about 2,100× faster than a
+//!   [`WriteThrough`] put; under Zipf(0.99) the store takes 0.155 writes
+//!   per acknowledged put; with the journal (synced every 2 ms) puts keep
+//!   0.50× of the unjournalled throughput with 64 writers, 0.25× with one.
 
 mod builder;
 mod core;

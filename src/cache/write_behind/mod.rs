@@ -116,11 +116,31 @@ impl<S: Store> Shared<S> {
 ///
 /// # Durability
 ///
-/// Buffered writes live in memory: a process that dies before they are
-/// flushed loses them. Dropping the layer without [`shutdown`] starts the
-/// drain in the background and does not wait; the writes reach the store
-/// if the runtime keeps running. Call [`shutdown`] (or [`flush`]) where
-/// losing the tail matters.
+/// Without a journal, buffered writes live in memory: a process that dies
+/// before they are flushed loses them. With
+/// [`journal`](WriteBehindBuilder::journal), every write is appended to a
+/// checksummed on-disk log before it is acknowledged (writers that are
+/// ready together share one system call), and the next `build` over the
+/// same directory replays what the store had not confirmed before it
+/// accepts new writes: a crash of the process, even `SIGKILL`, loses no
+/// acknowledged write (tested with 20 kills of a child process). What a
+/// power loss may take is the [`SyncPolicy`]'s choice. A record torn by
+/// the crash is reported ([`WriteBehindStats::bad_journal_records`]) and
+/// not applied; it was never acknowledged.
+///
+/// Dropping the layer without [`shutdown`] starts the drain in the
+/// background and never blocks; what has not reached the store by the
+/// time the runtime stops is in the journal, if there is one.
+///
+/// # Performance (a 200 µs store, which tokio's timer makes about 1.3 ms)
+///
+/// `cargo bench --bench write_behind`: a `put` is acknowledged about
+/// 2,100× faster than through `WriteThrough` (0.6 µs against 1.28 ms);
+/// with a Zipf(0.99) key stream the store takes 0.155 writes per
+/// acknowledged put (1 in 6.5) thanks to coalescing; the journal (synced
+/// every 2 ms) keeps 0.50× of the unjournalled throughput with 64
+/// concurrent writers and 0.25× for a single writer, whose every put pays
+/// one `write` system call.
 ///
 /// [`flush`]: WriteBehind::flush
 /// [`shutdown`]: WriteBehind::shutdown
