@@ -132,12 +132,46 @@ fn a_torn_or_corrupted_record_is_reported_and_not_applied() {
     }
 }
 
+/// A value whose codec refuses one value.
+#[derive(Debug, Clone, PartialEq)]
+struct Picky(String);
+
+impl scalekit::codec::Codec for Picky {
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), scalekit::codec::CodecError> {
+        if self.0 == "unencodable" {
+            return Err("this value has no encoding".into());
+        }
+        self.0.encode(out)
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, scalekit::codec::CodecError> {
+        String::decode(bytes).map(Picky)
+    }
+}
+
 #[test]
 fn a_write_the_journal_cannot_encode_is_refused_not_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryStore::<u64, Picky>::new());
     runtime().block_on(async {
-        // i64 keys encode; a value codec that fails: Vec<u8> never fails,
-        // so use a directory that cannot hold the journal instead.
+        let layer = WriteBehind::builder(Arc::clone(&store))
+            .journal(dir.path(), SyncPolicy::EveryWrite)
+            .build()
+            .unwrap();
+        layer.put(1, Picky("fine".into())).await.unwrap();
+        let error = layer.put(2, Picky("unencodable".into())).await.unwrap_err();
+        assert!(matches!(error, scalekit::Error::Codec { .. }), "{error}");
+        assert_eq!(layer.get(&2).await.unwrap(), None, "not buffered");
+        layer.put(3, Picky("after".into())).await.unwrap();
+        layer.shutdown().await;
+        assert_eq!(layer.stats().acknowledged, 2);
+    });
+    assert_eq!(store.len(), 2);
+}
+
+#[test]
+fn an_unusable_journal_directory_or_interval_is_a_build_error() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
         let blocked = dir.path().join("file");
         std::fs::write(&blocked, b"not a directory").unwrap();
         let error = WriteBehind::builder(MemoryStore::<u64, String>::new())
@@ -154,7 +188,7 @@ fn a_write_the_journal_cannot_encode_is_refused_not_acknowledged() {
 }
 
 #[test]
-fn concurrent_writers_share_syncs_and_all_land() {
+fn concurrent_writers_syncing_every_write_all_land() {
     let dir = tempfile::tempdir().unwrap();
     let store: Shared = Arc::default();
     runtime().block_on(async {

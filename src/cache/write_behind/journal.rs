@@ -233,18 +233,28 @@ impl Journal {
         self.policy
     }
 
-    /// Queues encoded records (the writes with sequences up to
-    /// `last_seq`) for the file; returns the ticket to wait on with
-    /// [`written`](Self::written). Called under the buffer's lock, so the
-    /// log's order is the acknowledgement order.
-    pub(super) fn enqueue(&self, records: &[u8], last_seq: u64) -> Result<u64> {
+    /// Queues the records `frame` appends (the writes with sequences up
+    /// to `last_seq`) for the file, encoding them straight into the queue;
+    /// returns the ticket to wait on with [`written`](Self::written). If
+    /// `frame` fails, nothing is queued. Called under the buffer's lock,
+    /// so the log's order is the acknowledgement order.
+    pub(super) fn enqueue(
+        &self,
+        last_seq: u64,
+        frame: impl FnOnce(&mut Vec<u8>) -> Result<()>,
+    ) -> Result<u64> {
         let mut state = self.lock();
         if let Some(error) = &state.broken {
             return Err(error.clone());
         }
-        state.queue.extend_from_slice(records);
+        let start = state.queue.len();
+        if let Err(error) = frame(&mut state.queue) {
+            state.queue.truncate(start);
+            return Err(error);
+        }
+        let added = (state.queue.len() - start) as u64;
         state.queue_last_seq = last_seq;
-        state.queued += records.len() as u64;
+        state.queued += added;
         Ok(state.queued)
     }
 

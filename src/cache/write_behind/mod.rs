@@ -312,12 +312,12 @@ impl<S: Store> WriteBehind<S> {
         // acknowledged nor buffered.
         let ticket = match &shared.journal {
             Some((journal, encode)) => {
-                let mut records = Vec::new();
-                for write in pending {
-                    journal::frame(write, *encode, &mut records)?;
-                }
                 let last = buffer.last_seq() + pending.len() as u64;
-                Some(journal.enqueue(&records, last)?)
+                Some(journal.enqueue(last, |queue| {
+                    pending
+                        .iter()
+                        .try_for_each(|write| journal::frame(write, *encode, queue))
+                })?)
             }
             None => None,
         };
@@ -337,6 +337,10 @@ fn count_new_keys<K: Clone + Eq + std::hash::Hash, V: Clone>(
     buffer: &Buffer<K, V>,
     writes: &[Write<K, V>],
 ) -> usize {
+    if let [write] = writes {
+        // The common single write: no set to build.
+        return usize::from(buffer.needs_room(write.key()));
+    }
     let mut seen = std::collections::HashSet::new();
     writes
         .iter()
