@@ -17,6 +17,7 @@
 mod memory;
 #[cfg(feature = "quick-cache")]
 mod quick;
+mod settings;
 
 pub use memory::{MemoryTier, MemoryTierBuilder};
 #[cfg(feature = "quick-cache")]

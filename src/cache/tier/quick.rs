@@ -10,8 +10,9 @@ use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 use tokio::time::Instant;
 
+use super::settings::{TierSettings, ValidSettings, WeighFn};
 use super::CacheTier;
-use crate::{Error, Result};
+use crate::Result;
 
 const COMPONENT: &str = "QuickCacheTier";
 
@@ -31,8 +32,6 @@ struct Expiry {
     /// has a time-to-idle.
     last_access: Option<AtomicU64>,
 }
-
-type WeighFn<K, V> = Arc<dyn Fn(&K, &V) -> u64 + Send + Sync>;
 
 /// Weighs entries: one unit each, or by the user's function.
 enum SlotWeighter<K, V> {
@@ -126,10 +125,7 @@ where
     /// Starts configuring a tier.
     pub fn builder() -> QuickCacheTierBuilder<K, V> {
         QuickCacheTierBuilder {
-            max_entries: None,
-            max_weight: None,
-            time_to_live: None,
-            time_to_idle: None,
+            settings: TierSettings::default(),
         }
     }
 
@@ -137,7 +133,7 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when `max_entries` is 0.
+    /// [`Error::Config`](crate::Error::Config) when `max_entries` is 0.
     pub fn with_capacity(max_entries: u64) -> Result<Self> {
         Self::builder().max_entries(max_entries).build()
     }
@@ -236,19 +232,13 @@ where
 
 /// Configures a [`QuickCacheTier`]; see [`QuickCacheTier::builder`].
 pub struct QuickCacheTierBuilder<K, V> {
-    max_entries: Option<u64>,
-    max_weight: Option<(u64, WeighFn<K, V>)>,
-    time_to_live: Option<Duration>,
-    time_to_idle: Option<Duration>,
+    settings: TierSettings<K, V>,
 }
 
 impl<K, V> fmt::Debug for QuickCacheTierBuilder<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("QuickCacheTierBuilder")
-            .field("max_entries", &self.max_entries)
-            .field("max_weight", &self.max_weight.as_ref().map(|(w, _)| w))
-            .field("time_to_live", &self.time_to_live)
-            .field("time_to_idle", &self.time_to_idle)
+            .field("settings", &self.settings)
             .finish()
     }
 }
@@ -260,7 +250,7 @@ where
 {
     /// Bounds the tier by entry count.
     pub fn max_entries(mut self, max_entries: u64) -> Self {
-        self.max_entries = Some(max_entries);
+        self.settings.max_entries = Some(max_entries);
         self
     }
 
@@ -271,20 +261,20 @@ where
         max_weight: u64,
         weigh: impl Fn(&K, &V) -> u64 + Send + Sync + 'static,
     ) -> Self {
-        self.max_weight = Some((max_weight, Arc::new(weigh)));
+        self.settings.max_weight = Some((max_weight, Arc::new(weigh)));
         self
     }
 
     /// Entries expire this long after they were inserted, unless the insert
     /// gave its own time-to-live.
     pub fn time_to_live(mut self, ttl: Duration) -> Self {
-        self.time_to_live = Some(ttl);
+        self.settings.time_to_live = Some(ttl);
         self
     }
 
     /// Entries expire when not read for this long.
     pub fn time_to_idle(mut self, tti: Duration) -> Self {
-        self.time_to_idle = Some(tti);
+        self.settings.time_to_idle = Some(tti);
         self
     }
 
@@ -292,55 +282,32 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when no bound or both bounds are given, a bound is
+    /// [`Error::Config`](crate::Error::Config) when no bound or both bounds are given, a bound is
     /// 0, or a time-to-live or time-to-idle is zero.
     pub fn build(self) -> Result<QuickCacheTier<K, V>> {
-        let (capacity, estimated_items, weighter) = match (self.max_entries, self.max_weight) {
-            (None, None) => {
-                return Err(Error::config(
-                    COMPONENT,
-                    "give a bound: .max_entries(n) or .max_weight(w, weigh)",
-                ))
-            }
-            (Some(_), Some(_)) => {
-                return Err(Error::config(
-                    COMPONENT,
-                    "give one bound, .max_entries or .max_weight, not both",
-                ))
-            }
-            (Some(0), None) | (None, Some((0, _))) => {
-                return Err(Error::config(COMPONENT, "a cache bound must be at least 1"))
-            }
-            (Some(n), None) => (n, n as usize, SlotWeighter::Unit),
-            (None, Some((w, weigh))) => (
-                w,
-                (w / 64).clamp(16, 1 << 20) as usize,
-                SlotWeighter::Custom(weigh),
-            ),
+        let ValidSettings {
+            capacity,
+            estimated_entries,
+            weigher,
+            time_to_live,
+            time_to_idle,
+        } = self.settings.validate(COMPONENT)?;
+        let weighter = match weigher {
+            Some(weigh) => SlotWeighter::Custom(weigh),
+            None => SlotWeighter::Unit,
         };
-        for (name, duration) in [
-            ("time_to_live", self.time_to_live),
-            ("time_to_idle", self.time_to_idle),
-        ] {
-            if duration.is_some_and(|d| d.is_zero()) {
-                return Err(Error::config(
-                    COMPONENT,
-                    format!("{name} must be longer than zero"),
-                ));
-            }
-        }
         let evictions = CountEvictions::default();
         let counter = Arc::clone(&evictions.0);
         Ok(QuickCacheTier {
             cache: Cache::with(
-                estimated_items,
+                estimated_entries as usize,
                 capacity,
                 weighter,
                 DefaultHashBuilder::default(),
                 evictions,
             ),
-            default_ttl: self.time_to_live,
-            time_to_idle: self.time_to_idle,
+            default_ttl: time_to_live,
+            time_to_idle,
             epoch: Instant::now(),
             evictions: counter,
         })

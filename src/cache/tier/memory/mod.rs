@@ -13,16 +13,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use self::shard::{Entry, Shard};
+use super::settings::{TierSettings, ValidSettings, WeighFn};
 use super::CacheTier;
-use crate::{Error, Result};
+use crate::Result;
 
 const COMPONENT: &str = "MemoryTier";
 
 /// Shards hold at least this many entries each (fewer, larger shards keep
 /// the policy's view of the workload whole; more shards spread the locks).
 const MIN_SHARD_ENTRIES: u64 = 2_048;
-
-type WeighFn<K, V> = Arc<dyn Fn(&K, &V) -> u64 + Send + Sync>;
 
 /// One shard and its hit and miss counts, on cache lines of its own; the
 /// hit count sits beside the lock word a hit writes anyway.
@@ -127,10 +126,7 @@ where
     /// Starts configuring a tier.
     pub fn builder() -> MemoryTierBuilder<K, V> {
         MemoryTierBuilder {
-            max_entries: None,
-            max_weight: None,
-            time_to_live: None,
-            time_to_idle: None,
+            settings: TierSettings::default(),
         }
     }
 
@@ -138,7 +134,7 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when `max_entries` is 0.
+    /// [`Error::Config`](crate::Error::Config) when `max_entries` is 0.
     pub fn with_capacity(max_entries: u64) -> Result<Self> {
         Self::builder().max_entries(max_entries).build()
     }
@@ -297,19 +293,13 @@ where
 
 /// Configures a [`MemoryTier`]; see [`MemoryTier::builder`].
 pub struct MemoryTierBuilder<K, V> {
-    max_entries: Option<u64>,
-    max_weight: Option<(u64, WeighFn<K, V>)>,
-    time_to_live: Option<Duration>,
-    time_to_idle: Option<Duration>,
+    settings: TierSettings<K, V>,
 }
 
 impl<K, V> fmt::Debug for MemoryTierBuilder<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryTierBuilder")
-            .field("max_entries", &self.max_entries)
-            .field("max_weight", &self.max_weight.as_ref().map(|(w, _)| w))
-            .field("time_to_live", &self.time_to_live)
-            .field("time_to_idle", &self.time_to_idle)
+            .field("settings", &self.settings)
             .finish()
     }
 }
@@ -321,7 +311,7 @@ where
 {
     /// Bounds the tier by entry count.
     pub fn max_entries(mut self, max_entries: u64) -> Self {
-        self.max_entries = Some(max_entries);
+        self.settings.max_entries = Some(max_entries);
         self
     }
 
@@ -333,20 +323,20 @@ where
         max_weight: u64,
         weigh: impl Fn(&K, &V) -> u64 + Send + Sync + 'static,
     ) -> Self {
-        self.max_weight = Some((max_weight, Arc::new(weigh)));
+        self.settings.max_weight = Some((max_weight, Arc::new(weigh)));
         self
     }
 
     /// Entries expire this long after they were inserted, unless the insert
     /// gave its own time-to-live.
     pub fn time_to_live(mut self, ttl: Duration) -> Self {
-        self.time_to_live = Some(ttl);
+        self.settings.time_to_live = Some(ttl);
         self
     }
 
     /// Entries expire when not read for this long.
     pub fn time_to_idle(mut self, tti: Duration) -> Self {
-        self.time_to_idle = Some(tti);
+        self.settings.time_to_idle = Some(tti);
         self
     }
 
@@ -354,39 +344,16 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when no bound or both bounds are given, a bound is
+    /// [`Error::Config`](crate::Error::Config) when no bound or both bounds are given, a bound is
     /// 0, or a time-to-live or time-to-idle is zero.
     pub fn build(self) -> Result<MemoryTier<K, V>> {
-        let (capacity, estimated_entries, weigher) = match (self.max_entries, self.max_weight) {
-            (None, None) => {
-                return Err(Error::config(
-                    COMPONENT,
-                    "give a bound: .max_entries(n) or .max_weight(w, weigh)",
-                ))
-            }
-            (Some(_), Some(_)) => {
-                return Err(Error::config(
-                    COMPONENT,
-                    "give one bound, .max_entries or .max_weight, not both",
-                ))
-            }
-            (Some(0), None) | (None, Some((0, _))) => {
-                return Err(Error::config(COMPONENT, "a cache bound must be at least 1"))
-            }
-            (Some(n), None) => (n, n, None),
-            (None, Some((w, weigh))) => (w, (w / 64).clamp(16, 1 << 24), Some(weigh)),
-        };
-        for (name, duration) in [
-            ("time_to_live", self.time_to_live),
-            ("time_to_idle", self.time_to_idle),
-        ] {
-            if duration.is_some_and(|d| d.is_zero()) {
-                return Err(Error::config(
-                    COMPONENT,
-                    format!("{name} must be longer than zero"),
-                ));
-            }
-        }
+        let ValidSettings {
+            capacity,
+            estimated_entries,
+            weigher,
+            time_to_live,
+            time_to_idle,
+        } = self.settings.validate(COMPONENT)?;
         let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get()) as u64;
         let most_shards = (4 * parallelism).next_power_of_two();
         let shard_count = match estimated_entries / MIN_SHARD_ENTRIES {
@@ -411,10 +378,8 @@ where
             hasher: foldhash::fast::RandomState::default(),
             weigher,
             capacity,
-            default_ttl: self.time_to_live,
-            time_to_idle: self
-                .time_to_idle
-                .map_or(0, |tti| tti.as_nanos().min(u64::MAX as u128) as u64),
+            default_ttl: time_to_live,
+            time_to_idle: time_to_idle.map_or(0, |tti| tti.as_nanos().min(u64::MAX as u128) as u64),
             epoch: Instant::now(),
             evictions: AtomicU64::new(0),
         })
