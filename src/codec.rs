@@ -15,7 +15,7 @@
 //! the Rust type must be a byte range in the table.
 //!
 //! Decoding is checked: bytes that are not valid for the type give a
-//! [`Error::Codec`](crate::Error::Codec), never a panic.
+//! [`ErrorKind::Codec`](crate::ErrorKind::Codec), never a panic.
 //!
 //! ```
 //! use scalekit::codec::Codec;
@@ -43,7 +43,7 @@
 use std::fmt;
 
 /// The error a codec reports; the backends wrap it in
-/// [`Error::Codec`](crate::Error::Codec) with the part (key or value) and
+/// [`ErrorKind::Codec`](crate::ErrorKind::Codec) with the part (key or value) and
 /// direction.
 pub type CodecError = Box<dyn std::error::Error + Send + Sync + 'static>;
 

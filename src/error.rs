@@ -1,19 +1,30 @@
 //! The one error type of the crate.
 //!
 //! Every fallible operation in scalekit returns [`Result<T>`](crate::Result),
-//! whose error is [`Error`]. The variants say *what* failed, so a caller can
-//! decide what to do without parsing messages:
+//! whose error is [`Error`]. Its [`kind`](Error::kind) says *what* failed,
+//! so a caller can decide what to do without parsing messages:
 //!
-//! | variant | meaning | retry? |
+//! | kind | meaning | retry? |
 //! |---|---|---|
-//! | [`Error::Backend`] | the engine answered with an error or the I/O to it failed | often, after a back-off |
-//! | [`Error::Codec`] | a key or value could not be encoded, or a stored row could not be decoded | no: the data or the codec is wrong |
-//! | [`Error::Config`] | a builder was given a configuration that cannot work | no: fix the configuration |
-//! | [`Error::Timeout`] | an operation did not finish within its bound | yes |
-//! | [`Error::Unavailable`] | the store is closed, shut down or unreachable | once it is back |
+//! | [`ErrorKind::Backend`] | the engine answered with an error or the I/O to it failed | often, after a back-off |
+//! | [`ErrorKind::Codec`] | a key or value could not be encoded, or a stored row could not be decoded | no: the data or the codec is wrong |
+//! | [`ErrorKind::Config`] | a builder was given a configuration that cannot work | no: fix the configuration |
+//! | [`ErrorKind::Timeout`] | an operation did not finish within its bound | yes |
+//! | [`ErrorKind::Unavailable`] | the store is closed, shut down or unreachable | once it is back |
 //!
-//! The error is `Clone` (sources are shared behind an `Arc`), so one failure
-//! can be handed to every waiter of a shared load.
+//! ```
+//! use scalekit::{Error, ErrorKind};
+//!
+//! let error = Error::unavailable("SqliteStore", "closed");
+//! assert!(matches!(error.kind(), ErrorKind::Unavailable { .. }));
+//! assert!(error.is_transient());
+//! ```
+//!
+//! The error is one pointer wide (the kind lives in a box), so a
+//! `Result<Option<u64>>` is two words and comes back in registers: the
+//! hit path of a cache never copies a large error-shaped value around.
+//! It is `Clone` (sources are shared behind an `Arc`), so one failure can
+//! be handed to every waiter of a shared load.
 
 use std::fmt;
 use std::sync::Arc;
@@ -25,10 +36,16 @@ pub type BoxError = Arc<dyn std::error::Error + Send + Sync + 'static>;
 /// `Result` with scalekit's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What went wrong in a scalekit operation.
+/// What went wrong in a scalekit operation: one pointer to its
+/// [`ErrorKind`].
+#[derive(Clone, thiserror::Error)]
+#[error(transparent)]
+pub struct Error(Box<ErrorKind>);
+
+/// What kind of failure an [`Error`] is, with its details.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub enum ErrorKind {
     /// The backend engine reported an error, or the I/O to it failed.
     #[error("{backend} backend failed during {operation}: {source}")]
     Backend {
@@ -98,34 +115,60 @@ impl fmt::Display for CodecDirection {
     }
 }
 
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl From<ErrorKind> for Error {
+    #[cold]
+    fn from(kind: ErrorKind) -> Self {
+        Error(Box::new(kind))
+    }
+}
+
 impl Error {
+    /// What kind of failure this is, with its details.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.0
+    }
+
+    /// The kind, taken out of the error.
+    pub fn into_kind(self) -> ErrorKind {
+        *self.0
+    }
+
     /// A backend error from any engine error.
     pub fn backend<E>(backend: &'static str, operation: &'static str, source: E) -> Self
     where
         E: std::error::Error + Send + Sync + 'static,
     {
-        Error::Backend {
+        ErrorKind::Backend {
             backend,
             operation,
             source: Arc::new(source),
         }
+        .into()
     }
 
     /// A configuration error.
     pub fn config(component: &'static str, reason: impl Into<String>) -> Self {
-        Error::Config {
+        ErrorKind::Config {
             component,
             reason: reason.into(),
         }
+        .into()
     }
 
     /// An unavailability error without an underlying source.
     pub fn unavailable(component: &'static str, reason: impl Into<String>) -> Self {
-        Error::Unavailable {
+        ErrorKind::Unavailable {
             component,
             reason: reason.into(),
             source: None,
         }
+        .into()
     }
 
     /// A codec error.
@@ -133,19 +176,20 @@ impl Error {
     where
         E: std::error::Error + Send + Sync + 'static,
     {
-        Error::Codec {
+        ErrorKind::Codec {
             direction,
             part,
             source: Arc::new(source),
         }
+        .into()
     }
 
     /// Whether retrying the same operation later may succeed
     /// (backend, timeout and unavailability errors).
     pub fn is_transient(&self) -> bool {
         matches!(
-            self,
-            Error::Backend { .. } | Error::Timeout { .. } | Error::Unavailable { .. }
+            self.kind(),
+            ErrorKind::Backend { .. } | ErrorKind::Timeout { .. } | ErrorKind::Unavailable { .. }
         )
     }
 }
@@ -159,6 +203,12 @@ mod tests {
     #[test]
     fn error_is_send_sync_static_and_clone() {
         assert_send_sync_static::<Error>();
+        assert_eq!(std::mem::size_of::<Error>(), std::mem::size_of::<usize>());
+        assert_eq!(
+            std::mem::size_of::<Result<Option<u64>>>(),
+            2 * std::mem::size_of::<u64>(),
+            "a small read result fits in two registers"
+        );
         let e = Error::config("Thing", "capacity must be at least 1");
         let cloned = e.clone();
         assert_eq!(

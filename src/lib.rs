@@ -22,7 +22,8 @@
 //!   call), and [`DynStore`], its object-safe twin, for type erasure;
 //! - [`Position`]: the consistency token every write returns, so a read can
 //!   later demand to see that write;
-//! - [`Error`]: one error type whose variants say what failed;
+//! - [`Error`]: one error type, one pointer wide, whose [`ErrorKind`] says
+//!   what failed;
 //! - [`codec`]: how keys and values cross into SQL;
 //! - `testing` (feature `testing`): the conformance suite, a model test and
 //!   a fault-injecting wrapper that every backend and layer runs.
@@ -74,6 +75,6 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use error::{BoxError, CodecDirection, Error, Result};
+pub use error::{BoxError, CodecDirection, Error, ErrorKind, Result};
 pub use position::Position;
 pub use store::{DynStore, MemoryStore, Store, Write};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use scalekit::cache::{CacheTier, Cached, MemoryTier, ReadThrough, WriteThrough};
 use scalekit::testing::{conformance, FaultyStore, ModelTest, Operation};
-use scalekit::{Error, MemoryStore, Position, Result, Store, Write};
+use scalekit::{ErrorKind, MemoryStore, Position, Result, Store, Write};
 use tokio::sync::{Mutex, Notify};
 
 type Tier<K, V> = MemoryTier<K, Cached<V>>;
@@ -265,7 +265,7 @@ async fn a_failing_batch_load_fails_the_call_and_caches_nothing() {
         .unwrap();
     let cache = ReadThrough::builder(store, tier()).build().unwrap();
     let err = cache.get_many(&[1, 2]).await.unwrap_err();
-    assert!(matches!(err, Error::Unavailable { .. }));
+    assert!(matches!(err.kind(), ErrorKind::Unavailable { .. }));
     assert_eq!(cache.tier().entry_count().await.unwrap(), 0);
 }
 
@@ -358,7 +358,7 @@ async fn a_failed_write_through_leaves_the_tier_unchanged() {
     cache.put(1, "kept".into()).await.unwrap();
     cache.get_ref().set_failing(true);
     let err = cache.put(1, "lost".into()).await.unwrap_err();
-    assert!(matches!(err, Error::Unavailable { .. }));
+    assert!(matches!(err.kind(), ErrorKind::Unavailable { .. }));
     let entry = cache.tier().get(&1).await.unwrap().expect("still cached");
     assert_eq!(entry.value, Some("kept".into()));
     assert_eq!(cache.get(&1).await.unwrap(), Some("kept".into()));
@@ -397,8 +397,8 @@ fn bad_cache_configurations_are_config_errors() {
         .build()
         .unwrap_err();
     assert!(matches!(
-        refresh_after_ttl,
-        Error::Config {
+        refresh_after_ttl.kind(),
+        ErrorKind::Config {
             component: "ReadThrough",
             ..
         }
@@ -408,8 +408,8 @@ fn bad_cache_configurations_are_config_errors() {
         .build()
         .unwrap_err();
     assert!(matches!(
-        zero,
-        Error::Config {
+        zero.kind(),
+        ErrorKind::Config {
             component: "WriteThrough",
             ..
         }
@@ -430,8 +430,8 @@ fn bad_cache_configurations_are_config_errors() {
     ] {
         assert!(
             matches!(
-                err,
-                Error::Config {
+                err.kind(),
+                ErrorKind::Config {
                     component: "MemoryTier",
                     ..
                 }
@@ -627,7 +627,7 @@ async fn a_panicking_store_write_is_an_error_and_leaves_the_cache_working() {
     cache.put(1, "before".into()).await.unwrap();
     assert_eq!(cache.get(&1).await.unwrap(), Some("before".into()));
     let err = cache.put(1, "poison".into()).await.unwrap_err();
-    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    assert!(matches!(err.kind(), ErrorKind::Unavailable { .. }), "{err}");
     // The key's stripe is released (by a task the unwinding write spawns):
     // a miss fills the tier again.
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use scalekit::testing::{FaultyStore, Operation};
-use scalekit::{Error, MemoryStore, Store, Write};
+use scalekit::{ErrorKind, MemoryStore, Store, Write};
 
 type Faulty = FaultyStore<MemoryStore<u64, u64>>;
 
@@ -21,7 +21,7 @@ async fn every_nth_call_fails_and_a_failed_write_is_not_applied() {
     let err = store.put(2, 2).await.unwrap_err();
     assert!(Faulty::is_injected(&err));
     assert!(
-        matches!(err, Error::Unavailable { .. }),
+        matches!(err.kind(), ErrorKind::Unavailable { .. }),
         "an injected fault is a typed error"
     );
     assert_eq!(
@@ -126,8 +126,8 @@ fn bad_fault_configurations_are_config_errors() {
         .build()
         .unwrap_err();
     assert!(matches!(
-        zero,
-        Error::Config {
+        zero.kind(),
+        ErrorKind::Config {
             component: "FaultyStore",
             ..
         }
@@ -137,7 +137,10 @@ fn bad_fault_configurations_are_config_errors() {
             .fail_with_probability(p, 0)
             .build()
             .unwrap_err();
-        assert!(matches!(err, Error::Config { .. }), "probability {p}");
+        assert!(
+            matches!(err.kind(), ErrorKind::Config { .. }),
+            "probability {p}"
+        );
     }
     let none = FaultyStore::builder(memory()).on(&[]).build().unwrap_err();
     assert!(none.to_string().contains("at least one operation"));

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use scalekit::store::PostgresStore;
 use scalekit::testing::{conformance, FaultyStore, ModelTest};
-use scalekit::{Error, Store, Write};
+use scalekit::{Error, ErrorKind, Store, Write};
 
 fn url() -> String {
     std::env::var("SCALEKIT_POSTGRES_URL")
@@ -104,8 +104,8 @@ async fn an_unreachable_server_is_unavailable_at_build() {
         .unwrap_err();
     assert!(
         matches!(
-            err,
-            Error::Unavailable {
+            err.kind(),
+            ErrorKind::Unavailable {
                 component: "PostgresStore",
                 ..
             }
@@ -122,7 +122,7 @@ async fn a_missing_database_is_unavailable_at_build() {
         .build()
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    assert!(matches!(err.kind(), ErrorKind::Unavailable { .. }), "{err}");
 }
 
 #[tokio::test]
@@ -159,8 +159,8 @@ async fn bad_configurations_are_config_errors_at_build() {
     for err in cases {
         assert!(
             matches!(
-                err,
-                Error::Config {
+                err.kind(),
+                ErrorKind::Config {
                     component: "PostgresStore",
                     ..
                 }
@@ -177,12 +177,12 @@ async fn a_closed_store_answers_unavailable() {
     store.put(1, 1).await.unwrap();
     store.close();
     assert!(matches!(
-        store.get(&1).await,
-        Err(Error::Unavailable { .. })
+        store.get(&1).await.map_err(Error::into_kind),
+        Err(ErrorKind::Unavailable { .. })
     ));
     assert!(matches!(
-        store.put(2, 2).await,
-        Err(Error::Unavailable { .. })
+        store.put(2, 2).await.map_err(Error::into_kind),
+        Err(ErrorKind::Unavailable { .. })
     ));
     drop_table(&table).await;
 }
@@ -220,8 +220,8 @@ async fn a_batch_is_one_transaction() {
         .unwrap_err();
     assert!(
         matches!(
-            err,
-            Error::Backend {
+            err.kind(),
+            ErrorKind::Backend {
                 backend: "postgres",
                 ..
             }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use scalekit::cache::{CacheTier, Cached, ReadThrough, RedisTier, WriteThrough};
 use scalekit::testing::{conformance, ModelTest};
-use scalekit::{Error, MemoryStore, Store};
+use scalekit::{Error, ErrorKind, MemoryStore, Store};
 
 fn url() -> String {
     std::env::var("SCALEKIT_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string())
@@ -114,7 +114,10 @@ async fn undecodable_entries_are_codec_errors_and_the_cache_falls_back_to_the_st
         .await
         .unwrap();
     let text = redis_tier::<u64, String>(&ns).await;
-    assert!(matches!(text.get(&1).await, Err(Error::Codec { .. })));
+    assert!(matches!(
+        text.get(&1).await.map_err(Error::into_kind),
+        Err(ErrorKind::Codec { .. })
+    ));
 
     let store = MemoryStore::<u64, String>::new();
     store.put(1, "from the store".into()).await.unwrap();
@@ -171,8 +174,8 @@ async fn an_unreachable_redis_is_unavailable_and_bad_configurations_are_config_e
         .unwrap_err();
     assert!(
         matches!(
-            err,
-            Error::Unavailable {
+            err.kind(),
+            ErrorKind::Unavailable {
                 component: "RedisTier",
                 ..
             }
@@ -214,8 +217,8 @@ async fn an_unreachable_redis_is_unavailable_and_bad_configurations_are_config_e
     for err in cases {
         assert!(
             matches!(
-                err,
-                Error::Config {
+                err.kind(),
+                ErrorKind::Config {
                     component: "RedisTier",
                     ..
                 }
@@ -288,8 +291,8 @@ mod across_processes {
             .await
             .unwrap_err();
         assert!(matches!(
-            err,
-            Error::Config {
+            err.kind(),
+            ErrorKind::Config {
                 component: "RedisInvalidation",
                 ..
             }
@@ -297,7 +300,7 @@ mod across_processes {
         let err = RedisInvalidation::connect("redis://127.0.0.1:1", "x")
             .await
             .unwrap_err();
-        assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+        assert!(matches!(err.kind(), ErrorKind::Unavailable { .. }), "{err}");
 
         let channel = RedisInvalidation::connect(&url(), &fresh_namespace("rt"))
             .await
@@ -313,6 +316,9 @@ mod across_processes {
         })
         .join()
         .unwrap();
-        assert!(matches!(built, Err(Error::Config { .. })));
+        assert!(matches!(
+            built.map_err(Error::into_kind),
+            Err(ErrorKind::Config { .. })
+        ));
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use scalekit::store::{SqliteStore, Synchronous};
 use scalekit::testing::{conformance, FaultyStore, ModelTest};
-use scalekit::{Error, Store, Write};
+use scalekit::{Error, ErrorKind, Store, Write};
 
 async fn file_store<K, V>(dir: &tempfile::TempDir, table: &str) -> SqliteStore<K, V> {
     SqliteStore::builder()
@@ -87,8 +87,8 @@ async fn an_undecodable_row_is_a_codec_error() {
     let ints: SqliteStore<String, u64> = file_store(&dir, "mixed").await;
     raw.put("three".into(), vec![1, 2, 3]).await.unwrap();
     assert!(matches!(
-        ints.get(&"three".to_string()).await.unwrap_err(),
-        Error::Codec { .. }
+        ints.get(&"three".to_string()).await.unwrap_err().kind(),
+        ErrorKind::Codec { .. }
     ));
     assert_eq!(
         ints.get(&"eight".to_string()).await.unwrap(),
@@ -104,16 +104,19 @@ async fn a_closed_store_answers_unavailable_and_loses_nothing_written_before() {
     store.close().await;
     store.close().await;
     assert!(matches!(
-        store.get(&1).await,
-        Err(Error::Unavailable { .. })
+        store.get(&1).await.map_err(Error::into_kind),
+        Err(ErrorKind::Unavailable { .. })
     ));
     assert!(matches!(
-        store.put(2, 2).await,
-        Err(Error::Unavailable { .. })
+        store.put(2, 2).await.map_err(Error::into_kind),
+        Err(ErrorKind::Unavailable { .. })
     ));
     assert!(matches!(
-        store.write_batch(vec![Write::Delete(1)]).await,
-        Err(Error::Unavailable { .. })
+        store
+            .write_batch(vec![Write::Delete(1)])
+            .await
+            .map_err(Error::into_kind),
+        Err(ErrorKind::Unavailable { .. })
     ));
     let reopened: SqliteStore<u64, u64> = file_store(&dir, "closing").await;
     assert_eq!(reopened.get(&1).await.unwrap(), Some(1));
@@ -129,8 +132,8 @@ async fn a_file_that_cannot_be_opened_is_unavailable_at_build() {
         .unwrap_err();
     assert!(
         matches!(
-            err,
-            Error::Unavailable {
+            err.kind(),
+            ErrorKind::Unavailable {
                 component: "SqliteStore",
                 ..
             }
@@ -151,8 +154,8 @@ async fn a_file_that_is_not_a_database_is_an_error_at_build() {
         .unwrap_err();
     assert!(
         matches!(
-            err,
-            Error::Backend {
+            err.kind(),
+            ErrorKind::Backend {
                 backend: "sqlite",
                 ..
             }
@@ -177,7 +180,7 @@ async fn bad_configurations_are_config_errors_at_build() {
         .build()
         .await
         .unwrap_err();
-    assert!(matches!(bad_table, Error::Config { .. }));
+    assert!(matches!(bad_table.kind(), ErrorKind::Config { .. }));
 
     let readers_in_memory = SqliteStore::<u64, u64>::builder()
         .in_memory()
@@ -185,7 +188,7 @@ async fn bad_configurations_are_config_errors_at_build() {
         .build()
         .await
         .unwrap_err();
-    assert!(matches!(readers_in_memory, Error::Config { .. }));
+    assert!(matches!(readers_in_memory.kind(), ErrorKind::Config { .. }));
 
     let dir = tempfile::tempdir().unwrap();
     let zero_length = SqliteStore::<u64, u64>::builder()
@@ -194,7 +197,7 @@ async fn bad_configurations_are_config_errors_at_build() {
         .build()
         .await
         .unwrap_err();
-    assert!(matches!(zero_length, Error::Config { .. }));
+    assert!(matches!(zero_length.kind(), ErrorKind::Config { .. }));
 
     let too_many = SqliteStore::<u64, u64>::builder()
         .path(dir.path().join("x.db"))
@@ -202,7 +205,7 @@ async fn bad_configurations_are_config_errors_at_build() {
         .build()
         .await
         .unwrap_err();
-    assert!(matches!(too_many, Error::Config { .. }));
+    assert!(matches!(too_many.kind(), ErrorKind::Config { .. }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,8 +269,8 @@ async fn a_failing_batch_in_a_group_does_not_fail_its_neighbours() {
     let err = failing.await.unwrap().unwrap_err();
     assert!(
         matches!(
-            err,
-            Error::Backend {
+            err.kind(),
+            ErrorKind::Backend {
                 backend: "sqlite",
                 ..
             }
@@ -316,7 +319,10 @@ async fn serde_types_are_stored_as_json_and_bad_json_is_a_codec_error() {
 
     let raw: SqliteStore<u64, Vec<u8>> = file_store(&dir, "profiles").await;
     raw.put(2, b"{\"name\": 5}".to_vec()).await.unwrap();
-    assert!(matches!(profiles.get(&2).await, Err(Error::Codec { .. })));
+    assert!(matches!(
+        profiles.get(&2).await.map_err(Error::into_kind),
+        Err(ErrorKind::Codec { .. })
+    ));
 
     let token = scalekit::Position::new(77);
     let json = serde_json::to_string(&token).unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use scalekit::cache::{WhenFull, WriteBehind};
 use scalekit::testing::{conformance, FaultyStore, ModelTest};
-use scalekit::{Error, MemoryStore, Store, Write};
+use scalekit::{Error, ErrorKind, MemoryStore, Store, Write};
 
 fn faulty() -> FaultyStore<MemoryStore<u64, String>> {
     FaultyStore::new(MemoryStore::new())
@@ -212,8 +212,8 @@ async fn a_full_buffer_fails_fast_or_makes_the_writer_wait_as_configured() {
     let full = failing.put(3, "c".into()).await.unwrap_err();
     assert!(
         matches!(
-            full,
-            Error::Unavailable {
+            full.kind(),
+            ErrorKind::Unavailable {
                 component: "WriteBehind",
                 ..
             }
@@ -334,7 +334,10 @@ async fn shutdown_drains_the_buffer_and_refuses_later_writes() {
         Some("999".into())
     );
     let refused = layer.put(1, "late".into()).await.unwrap_err();
-    assert!(matches!(refused, Error::Unavailable { .. }), "{refused}");
+    assert!(
+        matches!(refused.kind(), ErrorKind::Unavailable { .. }),
+        "{refused}"
+    );
     assert_eq!(layer.get(&1).await.unwrap(), Some("1".into()), "reads work");
     layer.shutdown().await; // twice is fine
 }
@@ -383,8 +386,8 @@ fn bad_configurations_are_config_errors() {
         let error = case.unwrap_err();
         assert!(
             matches!(
-                error,
-                Error::Config {
+                error.kind(),
+                ErrorKind::Config {
                     component: "WriteBehind",
                     ..
                 }
@@ -395,7 +398,7 @@ fn bad_configurations_are_config_errors() {
     drop(_guard);
     let outside = WriteBehind::builder(faulty()).build().unwrap_err();
     assert!(
-        matches!(outside, Error::Config { .. }),
+        matches!(outside.kind(), ErrorKind::Config { .. }),
         "no runtime: {outside}"
     );
 }

@@ -159,7 +159,10 @@ fn a_write_the_journal_cannot_encode_is_refused_not_acknowledged() {
             .unwrap();
         layer.put(1, Picky("fine".into())).await.unwrap();
         let error = layer.put(2, Picky("unencodable".into())).await.unwrap_err();
-        assert!(matches!(error, scalekit::Error::Codec { .. }), "{error}");
+        assert!(
+            matches!(error.kind(), scalekit::ErrorKind::Codec { .. }),
+            "{error}"
+        );
         assert_eq!(layer.get(&2).await.unwrap(), None, "not buffered");
         layer.put(3, Picky("after".into())).await.unwrap();
         layer.shutdown().await;
@@ -178,12 +181,18 @@ fn an_unusable_journal_directory_or_interval_is_a_build_error() {
             .journal(&blocked, SyncPolicy::Os)
             .build()
             .unwrap_err();
-        assert!(matches!(error, scalekit::Error::Backend { .. }), "{error}");
+        assert!(
+            matches!(error.kind(), scalekit::ErrorKind::Backend { .. }),
+            "{error}"
+        );
         let error = WriteBehind::builder(MemoryStore::<u64, String>::new())
             .journal(dir.path(), SyncPolicy::Interval(Duration::ZERO))
             .build()
             .unwrap_err();
-        assert!(matches!(error, scalekit::Error::Config { .. }), "{error}");
+        assert!(
+            matches!(error.kind(), scalekit::ErrorKind::Config { .. }),
+            "{error}"
+        );
     });
 }
 

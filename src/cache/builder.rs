@@ -158,7 +158,7 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for a zero duration, or a `refresh_after` not
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a zero duration, or a `refresh_after` not
     /// shorter than the time-to-live.
     pub fn build(self) -> Result<ReadThrough<S, T>> {
         self.core(WriteMode::Invalidate).map(ReadThrough::from_core)
@@ -174,7 +174,7 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for a zero duration, or a `refresh_after` not
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a zero duration, or a `refresh_after` not
     /// shorter than the time-to-live.
     pub fn build(self) -> Result<WriteThrough<S, T>> {
         self.core(WriteMode::Update).map(WriteThrough::from_core)

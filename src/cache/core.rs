@@ -19,7 +19,9 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::hash::BuildHasher;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,6 +119,9 @@ where
         }
     }
 }
+
+/// The rest of a read that did not hit at once.
+pub(crate) type BoxedRead<'a, V> = Pin<Box<dyn Future<Output = Result<Option<V>>> + Send + 'a>>;
 
 /// What an in-process tier said about a key, before any future.
 pub(crate) enum Probe<V> {
@@ -301,6 +306,19 @@ where
             Some(None) => Probe::Miss,
             None => Probe::AskTier,
         }
+    }
+
+    /// [`finish_get`](Self::finish_get) boxed (a miss allocates anyway) and
+    /// out of line, so a read's future stays a few words and its hit a
+    /// few instructions of straight-line code.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn finish_get_boxed<'a>(
+        self: &'a Arc<Self>,
+        key: &'a S::Key,
+        probe: Probe<S::Value>,
+    ) -> BoxedRead<'a, S::Value> {
+        Box::pin(self.finish_get(key, probe))
     }
 
     /// The rest of a read after [`try_hit`](Self::try_hit): the tier's

@@ -13,7 +13,7 @@ use super::tier::CacheTier;
 use crate::codec::Codec;
 use crate::error::CodecDirection;
 use crate::store::Store;
-use crate::{Error, Result};
+use crate::{Error, ErrorKind, Result};
 
 const COMPONENT: &str = "RedisInvalidation";
 
@@ -74,13 +74,13 @@ impl RedisInvalidation {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for a bad URL or name; [`Error::Unavailable`] when
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a bad URL or name; [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) when
     /// Redis cannot be reached.
     pub async fn connect(url: &str, name: &str) -> Result<Self> {
         super::tier::validate_redis_name(COMPONENT, "channel name", name)?;
         let client = redis::Client::open(url)
             .map_err(|e| Error::config(COMPONENT, format!("cannot parse the URL: {e}")))?;
-        let unreachable = |source: redis::RedisError| Error::Unavailable {
+        let unreachable = |source: redis::RedisError| ErrorKind::Unavailable {
             component: COMPONENT,
             reason: "cannot connect to Redis".to_string(),
             source: Some(Arc::new(source)),
@@ -150,21 +150,23 @@ impl<K: Codec + Sync> Broadcast<K> for Publisher {
         let mut pipe = redis::pipe();
         for key in keys {
             let mut message = self.origin.to_be_bytes().to_vec();
-            key.encode(&mut message).map_err(|source| Error::Codec {
-                direction: CodecDirection::Encode,
-                part: "key",
-                source: source.into(),
-            })?;
+            key.encode(&mut message)
+                .map_err(|source| ErrorKind::Codec {
+                    direction: CodecDirection::Encode,
+                    part: "key",
+                    source: source.into(),
+                })?;
             pipe.cmd("PUBLISH").arg(&self.channel).arg(message).ignore();
         }
         let mut connection = self.connection.clone();
         pipe.query_async::<()>(&mut connection)
             .await
-            .map_err(|source| Error::Unavailable {
+            .map_err(|source| ErrorKind::Unavailable {
                 component: COMPONENT,
                 reason: "cannot publish an invalidation".to_string(),
                 source: Some(Arc::new(source)),
-            })
+            })?;
+        Ok(())
     }
 }
 

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use super::builder::CacheBuilder;
 use super::core::{Cached, Core, Probe};
-use super::read_future::ReadFuture;
 use super::stats::CacheStats;
 use super::tier::CacheTier;
 use crate::store::{Store, Write};
@@ -77,16 +76,18 @@ macro_rules! cache_layer {
             type Key = S::Key;
             type Value = S::Value;
 
-            /// A hit of an in-process tier is answered here, when `get` is
-            /// called; the returned future only hands it over.
+            /// A hit of an in-process tier is answered in the first poll,
+            /// in registers; anything else continues in a boxed future.
             #[inline(always)]
             fn get(
                 &self,
                 key: &S::Key,
             ) -> impl Future<Output = Result<Option<S::Value>>> + Send {
-                match self.core.try_hit(key) {
-                    Probe::Hit(value) => ReadFuture::Ready(Some(value)),
-                    probe => ReadFuture::pending(&self.core, key, probe),
+                async move {
+                    match self.core.try_hit(key) {
+                        Probe::Hit(value) => Ok(value),
+                        probe => self.core.finish_get_boxed(key, probe).await,
+                    }
                 }
             }
 

@@ -43,9 +43,9 @@
 //!   the store cannot confirm the write: it may or may not have been applied
 //!   (a connection can drop after the commit). A read error changes nothing.
 //!   Errors are typed ([`Error`](crate::Error)): bad stored data is
-//!   [`Error::Codec`](crate::Error::Codec), a closed or unreachable store is
-//!   [`Error::Unavailable`](crate::Error::Unavailable), an engine failure is
-//!   [`Error::Backend`](crate::Error::Backend). Nothing panics on bad data.
+//!   [`ErrorKind::Codec`](crate::ErrorKind::Codec), a closed or unreachable store is
+//!   [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable), an engine failure is
+//!   [`ErrorKind::Backend`](crate::ErrorKind::Backend). Nothing panics on bad data.
 //! - **Cancellation is safe.** Dropping a future returned by a store leaves
 //!   the store usable; a dropped write may or may not have been applied.
 //! - **Deleting an absent key is not an error.**

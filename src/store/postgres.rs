@@ -16,7 +16,7 @@ use tokio_postgres::NoTls;
 use super::sql::{self, EncodedBatch};
 use super::{Store, Write};
 use crate::codec::Codec;
-use crate::{Error, Position, Result};
+use crate::{Error, ErrorKind, Position, Result};
 
 const COMPONENT: &str = "PostgresStore";
 
@@ -102,11 +102,12 @@ impl<K, V> fmt::Debug for PostgresStore<K, V> {
 fn backend(operation: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
     move |source| {
         if source.is_closed() {
-            Error::Unavailable {
+            ErrorKind::Unavailable {
                 component: COMPONENT,
                 reason: format!("the connection closed during {operation}"),
                 source: Some(Arc::new(source)),
             }
+            .into()
         } else {
             Error::backend("postgres", operation, source)
         }
@@ -144,7 +145,7 @@ impl<K, V> PostgresStore<K, V> {
     }
 
     /// Closes the pool: connections are closed as they come back, and later
-    /// calls get [`Error::Unavailable`].
+    /// calls get [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable).
     pub fn close(&self) {
         self.pool.close();
     }
@@ -180,24 +181,25 @@ impl<K, V> PostgresStore<K, V> {
 }
 
 fn pool_error(error: PoolError) -> Error {
-    match error {
-        PoolError::Timeout(kind) => Error::Unavailable {
+    let kind = match error {
+        PoolError::Timeout(kind) => ErrorKind::Unavailable {
             component: COMPONENT,
             reason: format!("no connection within the pool's time limit ({kind:?})"),
             source: None,
         },
-        PoolError::Closed => Error::unavailable(COMPONENT, "the store is closed"),
-        PoolError::Backend(source) => Error::Unavailable {
+        PoolError::Closed => return Error::unavailable(COMPONENT, "the store is closed"),
+        PoolError::Backend(source) => ErrorKind::Unavailable {
             component: COMPONENT,
             reason: "cannot connect to PostgreSQL".to_string(),
             source: Some(Arc::new(source)),
         },
-        other => Error::Unavailable {
+        other => ErrorKind::Unavailable {
             component: COMPONENT,
             reason: other.to_string(),
             source: None,
         },
-    }
+    };
+    kind.into()
 }
 
 impl<K, V> Store for PostgresStore<K, V>
@@ -335,9 +337,9 @@ impl<K, V> PostgresStoreBuilder<K, V> {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for a missing or unparsable URL, a bad table name,
-    /// a pool size of 0 or a zero timeout; [`Error::Unavailable`] when the
-    /// server cannot be reached; [`Error::Backend`] when the table cannot be
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a missing or unparsable URL, a bad table name,
+    /// a pool size of 0 or a zero timeout; [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) when the
+    /// server cannot be reached; [`ErrorKind::Backend`](crate::ErrorKind::Backend) when the table cannot be
     /// created.
     pub async fn build(self) -> Result<PostgresStore<K, V>> {
         let url = self

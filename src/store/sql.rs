@@ -3,7 +3,7 @@
 use super::Write;
 use crate::codec::Codec;
 use crate::error::CodecDirection;
-use crate::{Error, Result};
+use crate::{Error, ErrorKind, Result};
 
 /// The longest table name accepted (PostgreSQL's identifier limit).
 const MAX_TABLE_NAME: usize = 63;
@@ -30,7 +30,7 @@ pub(crate) fn validate_table_name(component: &'static str, name: &str) -> Result
 
 pub(crate) fn encode<T: Codec>(part: &'static str, item: &T) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    item.encode(&mut out).map_err(|source| Error::Codec {
+    item.encode(&mut out).map_err(|source| ErrorKind::Codec {
         direction: CodecDirection::Encode,
         part,
         source: source.into(),
@@ -39,10 +39,13 @@ pub(crate) fn encode<T: Codec>(part: &'static str, item: &T) -> Result<Vec<u8>> 
 }
 
 pub(crate) fn decode<T: Codec>(part: &'static str, bytes: &[u8]) -> Result<T> {
-    T::decode(bytes).map_err(|source| Error::Codec {
-        direction: CodecDirection::Decode,
-        part,
-        source: source.into(),
+    T::decode(bytes).map_err(|source| {
+        ErrorKind::Codec {
+            direction: CodecDirection::Decode,
+            part,
+            source: source.into(),
+        }
+        .into()
     })
 }
 
@@ -117,7 +120,10 @@ mod tests {
             too_long.as_str(),
         ] {
             let err = validate_table_name("T", bad).unwrap_err();
-            assert!(matches!(err, Error::Config { component: "T", .. }), "{bad}");
+            assert!(
+                matches!(err.kind(), ErrorKind::Config { component: "T", .. }),
+                "{bad}"
+            );
         }
     }
 

@@ -425,7 +425,7 @@ where
 
 /// For backends that store bytes through a [`Codec`](crate::codec::Codec):
 /// a stored value that does not decode is an
-/// [`Error::Codec`](crate::Error::Codec) on `get` and `get_many`, never a
+/// [`ErrorKind::Codec`](crate::ErrorKind::Codec) on `get` and `get_many`, never a
 /// panic, and does not spoil the readable rows beside it.
 ///
 /// `raw` and `text` must be two views of the same table: one with byte
@@ -435,7 +435,7 @@ where
     R: Store<Key = String, Value = Vec<u8>>,
     T: Store<Key = String, Value = String>,
 {
-    use crate::{CodecDirection, Error};
+    use crate::{CodecDirection, ErrorKind};
 
     let (bad, good) = ("undecodable".to_string(), "decodable".to_string());
     raw.put(bad.clone(), vec![0xff, 0xfe, 0xfd])
@@ -450,8 +450,8 @@ where
         .expect_err("invalid UTF-8 must not decode");
     assert!(
         matches!(
-            err,
-            Error::Codec {
+            err.kind(),
+            ErrorKind::Codec {
                 direction: CodecDirection::Decode,
                 part: "value",
                 ..
@@ -467,7 +467,7 @@ where
         .get_many(&[good.clone(), bad.clone()])
         .await
         .expect_err("get_many with an undecodable row");
-    assert!(matches!(err, Error::Codec { .. }), "{err}");
+    assert!(matches!(err.kind(), ErrorKind::Codec { .. }), "{err}");
     raw.write_batch(vec![Write::Delete(bad), Write::Delete(good)])
         .await
         .expect("cleanup");

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::store::{Store, Write};
-use crate::{Error, Position, Result};
+use crate::{Error, ErrorKind, Position, Result};
 
 const COMPONENT: &str = "FaultyStore";
 const INJECTED: &str = "injected fault";
@@ -249,8 +249,8 @@ impl<S> FaultyStore<S> {
 /// Whether `error` was injected by a [`FaultyStore`].
 pub(crate) fn is_injected(error: &Error) -> bool {
     matches!(
-        error,
-        Error::Unavailable { component: COMPONENT, reason, .. } if reason == INJECTED
+        error.kind(),
+        ErrorKind::Unavailable { component: COMPONENT, reason, .. } if reason == INJECTED
     )
 }
 
@@ -345,7 +345,7 @@ impl<S> FaultyStoreBuilder<S> {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for `fail_every(0)`, a probability outside 0 to 1,
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for `fail_every(0)`, a probability outside 0 to 1,
     /// or an empty operation list.
     pub fn build(self) -> Result<FaultyStore<S>> {
         if self.fail_every == Some(0) {

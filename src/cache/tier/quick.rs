@@ -133,7 +133,7 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Config`](crate::Error::Config) when `max_entries` is 0.
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when `max_entries` is 0.
     pub fn with_capacity(max_entries: u64) -> Result<Self> {
         Self::builder().max_entries(max_entries).build()
     }
@@ -282,7 +282,7 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Config`](crate::Error::Config) when no bound or both bounds are given, a bound is
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when no bound or both bounds are given, a bound is
     /// 0, or a time-to-live or time-to-idle is zero.
     pub fn build(self) -> Result<QuickCacheTier<K, V>> {
         let ValidSettings {

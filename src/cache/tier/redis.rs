@@ -13,7 +13,7 @@ use super::CacheTier;
 use crate::cache::Cached;
 use crate::codec::Codec;
 use crate::error::CodecDirection;
-use crate::{Error, Result};
+use crate::{Error, ErrorKind, Result};
 
 const COMPONENT: &str = "RedisTier";
 /// Keys deleted per `DEL` when clearing.
@@ -74,17 +74,19 @@ fn redis_error(operation: &'static str) -> impl Fn(redis::RedisError) -> Error {
     move |source| {
         if source.is_connection_refusal() || source.is_connection_dropped() || source.is_io_error()
         {
-            Error::Unavailable {
+            ErrorKind::Unavailable {
                 component: COMPONENT,
                 reason: format!("Redis cannot be reached during {operation}"),
                 source: Some(Arc::new(source)),
             }
+            .into()
         } else if source.is_timeout() {
-            Error::Unavailable {
+            ErrorKind::Unavailable {
                 component: COMPONENT,
                 reason: format!("Redis timed out during {operation}"),
                 source: Some(Arc::new(source)),
             }
+            .into()
         } else {
             Error::backend("redis", operation, source)
         }
@@ -147,7 +149,7 @@ impl<K, V> RedisTier<K, V> {
 
     fn redis_key<T: Codec>(&self, key: &T) -> Result<Vec<u8>> {
         let mut out = self.prefix.to_vec();
-        key.encode(&mut out).map_err(|source| Error::Codec {
+        key.encode(&mut out).map_err(|source| ErrorKind::Codec {
             direction: CodecDirection::Encode,
             part: "key",
             source: source.into(),
@@ -223,7 +225,7 @@ where
         let loaded_at = now.checked_sub(age).unwrap_or(now);
         let value = match bytes[0] {
             0 => None,
-            _ => Some(V::decode(&bytes[9..]).map_err(|source| Error::Codec {
+            _ => Some(V::decode(&bytes[9..]).map_err(|source| ErrorKind::Codec {
                 direction: CodecDirection::Decode,
                 part: "value",
                 source: source.into(),
@@ -239,11 +241,13 @@ where
         bytes.push(u8::from(entry.value.is_some()));
         bytes.extend_from_slice(&wall_millis().saturating_sub(age).to_be_bytes());
         if let Some(value) = &entry.value {
-            value.encode(&mut bytes).map_err(|source| Error::Codec {
-                direction: CodecDirection::Encode,
-                part: "value",
-                source: source.into(),
-            })?;
+            value
+                .encode(&mut bytes)
+                .map_err(|source| ErrorKind::Codec {
+                    direction: CodecDirection::Encode,
+                    part: "value",
+                    source: source.into(),
+                })?;
         }
         let mut cmd = redis::cmd("SET");
         cmd.arg(redis_key).arg(bytes);
@@ -344,8 +348,8 @@ impl<K, V> RedisTierBuilder<K, V> {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for a missing or unparsable URL, a missing or bad
-    /// namespace, or a zero duration; [`Error::Unavailable`] when Redis
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a missing or unparsable URL, a missing or bad
+    /// namespace, or a zero duration; [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) when Redis
     /// cannot be reached.
     pub async fn build(self) -> Result<RedisTier<K, V>> {
         let url = self
@@ -376,7 +380,7 @@ impl<K, V> RedisTierBuilder<K, V> {
         let connection = client
             .get_connection_manager_with_config(config)
             .await
-            .map_err(|source| Error::Unavailable {
+            .map_err(|source| ErrorKind::Unavailable {
                 component: COMPONENT,
                 reason: "cannot connect to Redis".to_string(),
                 source: Some(Arc::new(source)),

@@ -57,7 +57,7 @@ impl<K, V> TierSettings<K, V> {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when no bound or both bounds are given, a bound is
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when no bound or both bounds are given, a bound is
     /// 0, or a time-to-live or time-to-idle is zero.
     pub(super) fn validate(self, component: &'static str) -> Result<ValidSettings<K, V>> {
         let (capacity, estimated_entries, weigher) = match (self.max_entries, self.max_weight) {

@@ -22,7 +22,7 @@ pub enum WhenFull {
     /// Wait until the flusher makes room (backpressure on the writer).
     #[default]
     Wait,
-    /// Fail at once with [`Error::Unavailable`].
+    /// Fail at once with [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable).
     Fail,
 }
 
@@ -122,10 +122,10 @@ impl<S: Store> WriteBehindBuilder<S> {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when `batch_size` or `max_buffered` is 0, the
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when `batch_size` or `max_buffered` is 0, the
     /// delay, the back-off or the sync interval is zero, the back-off cap
     /// is below its base, or there is no tokio runtime to run the flusher
-    /// on; [`Error::Backend`] when the journal directory cannot be read or
+    /// on; [`ErrorKind::Backend`](crate::ErrorKind::Backend) when the journal directory cannot be read or
     /// written.
     pub fn build(self) -> Result<WriteBehind<S>> {
         let c = &self.config;

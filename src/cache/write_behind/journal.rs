@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 
 use crate::codec::Codec;
 use crate::store::Write;
-use crate::{CodecDirection, Error, Result};
+use crate::{CodecDirection, Error, ErrorKind, Result};
 
 const COMPONENT: &str = "WriteBehind journal";
 /// A segment is closed once it holds this many bytes.
@@ -475,7 +475,7 @@ pub(super) fn frame<K, V>(
 /// codecs.
 pub(super) fn encode<K: Codec, V: Codec>(write: &Write<K, V>, out: &mut Vec<u8>) -> Result<()> {
     let codec_error = |part| {
-        move |source: crate::codec::CodecError| Error::Codec {
+        move |source: crate::codec::CodecError| ErrorKind::Codec {
             direction: CodecDirection::Encode,
             part,
             source: source.into(),
@@ -500,7 +500,7 @@ pub(super) fn encode<K: Codec, V: Codec>(write: &Write<K, V>, out: &mut Vec<u8>)
 
 /// Decodes a journal payload written by [`encode`].
 pub(super) fn decode<K: Codec, V: Codec>(payload: &[u8]) -> Result<Write<K, V>> {
-    let malformed = || Error::Codec {
+    let malformed = || ErrorKind::Codec {
         direction: CodecDirection::Decode,
         part: "journal record",
         source: std::sync::Arc::new(io::Error::new(
@@ -509,7 +509,7 @@ pub(super) fn decode<K: Codec, V: Codec>(payload: &[u8]) -> Result<Write<K, V>> 
         )),
     };
     let codec_error = |part| {
-        move |source: crate::codec::CodecError| Error::Codec {
+        move |source: crate::codec::CodecError| ErrorKind::Codec {
             direction: CodecDirection::Decode,
             part,
             source: source.into(),
@@ -530,6 +530,6 @@ pub(super) fn decode<K: Codec, V: Codec>(payload: &[u8]) -> Result<Write<K, V>> 
             V::decode(value_bytes).map_err(codec_error("journal value"))?,
         )),
         0 if value_bytes.is_empty() => Ok(Write::Delete(key)),
-        _ => Err(malformed()),
+        _ => Err(malformed().into()),
     }
 }

@@ -104,7 +104,7 @@ impl<S: Store> Shared<S> {
 ///   is in flight.
 /// - **Bounded.** At most `max_buffered` keys are held; a write that needs
 ///   a new entry in a full buffer waits for room or fails with
-///   [`Error::Unavailable`], as configured ([`WhenFull`]). A write to a key
+///   [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable), as configured ([`WhenFull`]). A write to a key
 ///   already pending always fits.
 /// - **Nothing silently dropped.** A failing batch is retried (transient
 ///   errors only) with exponential back-off and jitter, up to a limit;
@@ -213,7 +213,7 @@ impl<S: Store> WriteBehind<S> {
     ///
     /// # Errors
     ///
-    /// [`Error::Unavailable`] if the flusher is gone (its task was
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) if the flusher is gone (its task was
     /// aborted, for example because the runtime is shutting down).
     pub async fn flush(&self) -> Result<()> {
         let target = {
@@ -231,7 +231,7 @@ impl<S: Store> WriteBehind<S> {
 
     /// Stops accepting writes, writes out everything buffered, and returns
     /// when the flusher has stopped. Later writes fail with
-    /// [`Error::Unavailable`]; reads keep working (from the store).
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable); reads keep working (from the store).
     pub async fn shutdown(&self) {
         self.shared.lock().closed = true;
         self.shared.wake.notify_one();

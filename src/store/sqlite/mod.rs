@@ -112,7 +112,7 @@ impl<K, V> SqliteStore<K, V> {
     }
 
     /// Finishes the queued work, closes every connection and waits until
-    /// they are closed. Later calls get [`Error::Unavailable`]. Closing twice
+    /// they are closed. Later calls get [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable). Closing twice
     /// is harmless. Dropping the store without closing also closes the
     /// connections once their queues drain, without waiting.
     pub async fn close(&self) {
@@ -269,7 +269,7 @@ impl<K, V> SqliteStoreBuilder<K, V> {
 
     /// The largest key or value SQLite accepts, in bytes (default: SQLite's
     /// own limit of 1,000,000,000). A larger write fails with
-    /// [`Error::Backend`] and leaves nothing behind.
+    /// [`ErrorKind::Backend`](crate::ErrorKind::Backend) and leaves nothing behind.
     pub fn max_value_bytes(mut self, max: usize) -> Self {
         self.max_value_bytes = Some(max);
         self
@@ -280,9 +280,9 @@ impl<K, V> SqliteStoreBuilder<K, V> {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for a missing location, a bad table name, readers
-    /// on an in-memory database or a `max_value_bytes` out of range; [`Error::Unavailable`] when the file cannot
-    /// be opened; [`Error::Backend`] when the schema cannot be created.
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a missing location, a bad table name, readers
+    /// on an in-memory database or a `max_value_bytes` out of range; [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) when the file cannot
+    /// be opened; [`ErrorKind::Backend`](crate::ErrorKind::Backend) when the schema cannot be created.
     pub async fn build(self) -> Result<SqliteStore<K, V>> {
         let location = self.location.ok_or_else(|| {
             Error::config(

@@ -18,7 +18,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
 use crate::store::sql::EncodedBatch;
-use crate::{Error, Position, Result};
+use crate::{Error, ErrorKind, Position, Result};
 
 /// Most jobs one group commit takes from the queue.
 const MAX_GROUP: usize = 256;
@@ -89,7 +89,7 @@ fn open(config: &ConnectionConfig) -> Result<Connection> {
         ),
         Location::Memory => Connection::open_in_memory(),
     }
-    .map_err(|source| Error::Unavailable {
+    .map_err(|source| ErrorKind::Unavailable {
         component: "SqliteStore",
         reason: format!("cannot open {:?}", config.location),
         source: Some(std::sync::Arc::new(source)),
