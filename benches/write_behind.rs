@@ -1,6 +1,7 @@
 //! Write-behind against write-through over a store with 200 µs per call:
 //! put throughput, the backend writes a Zipf(0.99) stream costs, and what
-//! the journal costs, for one writer and for 64 concurrent ones. (tokio's
+//! the journal costs (synced every 2 ms, and left to the OS), for one
+//! writer and for 64 concurrent ones. (tokio's
 //! timer rounds the 200 µs up to about a millisecond per store call.)
 //!
 //! `cargo bench --bench write_behind`; compare the ratios within one run.
@@ -92,7 +93,7 @@ fn puts(c: &mut Criterion) {
         .unwrap();
     report_zipf_backend_writes(&runtime);
     let journal_dir = tempfile::tempdir().unwrap();
-    let (through, behind, journalled) = runtime.block_on(async {
+    let (through, behind, journalled, journalled_os) = runtime.block_on(async {
         let through =
             WriteThrough::builder(slow_store(), MemoryTier::with_capacity(2 * KEYS).unwrap())
                 .build()
@@ -105,7 +106,16 @@ fn puts(c: &mut Criterion) {
             )
             .build()
             .unwrap();
-        (Arc::new(through), Arc::new(behind), Arc::new(journalled))
+        let journalled_os = WriteBehind::builder(slow_store())
+            .journal(journal_dir.path().join("os"), SyncPolicy::Os)
+            .build()
+            .unwrap();
+        (
+            Arc::new(through),
+            Arc::new(behind),
+            Arc::new(journalled),
+            Arc::new(journalled_os),
+        )
     });
 
     let mut group = c.benchmark_group("put_over_200us_store");
@@ -123,6 +133,10 @@ fn puts(c: &mut Criterion) {
         b.to_async(&runtime)
             .iter_custom(|iters| put_loop(&*journalled, iters, 0))
     });
+    group.bench_function("write_behind_journalled_os", |b| {
+        b.to_async(&runtime)
+            .iter_custom(|iters| put_loop(&*journalled_os, iters, 0))
+    });
     for (name, layer) in [
         ("write_behind_64_writers", &behind),
         ("write_behind_journalled_2ms_64_writers", &journalled),
@@ -136,6 +150,7 @@ fn puts(c: &mut Criterion) {
     runtime.block_on(async {
         behind.shutdown().await;
         journalled.shutdown().await;
+        journalled_os.shutdown().await;
     });
 }
 

@@ -80,15 +80,26 @@ fn acknowledged_writes_are_replayed_into_the_store_on_the_next_start() {
         assert_eq!((stats.replayed, stats.bad_journal_records), (3, 0));
         layer.shutdown().await;
     });
-    // Confirmed writes leave the log.
-    let bytes: u64 = segments(&journal)
-        .iter()
-        .map(|p| std::fs::metadata(p).unwrap().len())
-        .sum();
-    assert_eq!(
-        bytes, 0,
-        "the journal is empty once the store has everything"
-    );
+    // Confirmed writes leave the log: the next start replays nothing and
+    // deletes the segments that held them.
+    runtime().block_on(async {
+        let layer = WriteBehind::builder(Arc::clone(&store))
+            .journal(&journal, SyncPolicy::EveryWrite)
+            .build()
+            .unwrap();
+        assert_eq!(layer.stats().replayed, 0, "nothing confirmed is replayed");
+        layer.shutdown().await;
+    });
+    assert_eq!(segments(&journal).len(), 1, "only the new active segment");
+}
+
+/// Where the record whose value is `value` ends in `bytes`.
+fn end_of_record(bytes: &[u8], value: &[u8]) -> usize {
+    bytes
+        .windows(value.len())
+        .rposition(|w| w == value)
+        .expect("the record is in the segment")
+        + value.len()
 }
 
 #[test]
@@ -100,12 +111,11 @@ fn a_torn_or_corrupted_record_is_reported_and_not_applied() {
         write_then_crash(&journal, &store, [(1, "one"), (2, "two"), (3, "three")]);
         let last = segments(&journal).pop().unwrap();
         let mut bytes = std::fs::read(&last).unwrap();
+        let end = end_of_record(&bytes, b"three");
         match damage {
-            "torn tail" => bytes.extend_from_slice(&[9, 0, 0, 0, 1, 2]),
-            _ => {
-                let at = bytes.len() - 2;
-                bytes[at] ^= 0xff; // inside the last record's value
-            }
+            // Half of a record that was being copied in when the process died.
+            "torn tail" => bytes[end..end + 6].copy_from_slice(&[9, 0, 0, 0, 1, 2]),
+            _ => bytes[end - 2] ^= 0xff, // inside the last record's value
         }
         std::fs::File::create(&last)
             .unwrap()
@@ -194,6 +204,50 @@ fn an_unusable_journal_directory_or_interval_is_a_build_error() {
             "{error}"
         );
     });
+}
+
+#[test]
+fn writes_spanning_many_segments_and_one_larger_than_a_segment_are_all_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let store: Shared = Arc::default();
+    let value = |k: u64, len: usize| format!("{k}:").repeat(len / 4 + 1);
+    // 40 writes of 256 KiB fill more than two 4 MiB segments; the last
+    // write alone is larger than a segment.
+    let writes: Vec<(u64, String)> = (0..40u64)
+        .map(|k| (k, value(k, 256 << 10)))
+        .chain([(99, value(99, 5 << 20))])
+        .collect();
+    let runtime_ = runtime();
+    runtime_.block_on(async {
+        let faulty = FaultyStore::new(Arc::clone(&store));
+        faulty.set_failing(true);
+        let layer = WriteBehind::builder(faulty)
+            .journal(&journal, SyncPolicy::Os)
+            .retries(1_000, Duration::from_millis(1), Duration::from_millis(5))
+            .build()
+            .unwrap();
+        for (k, v) in &writes {
+            layer.put(*k, v.clone()).await.unwrap();
+        }
+        std::mem::forget(layer);
+    });
+    runtime_.shutdown_background();
+    assert!(segments(&journal).len() >= 3, "{:?}", segments(&journal));
+
+    runtime().block_on(async {
+        let layer = WriteBehind::builder(Arc::clone(&store))
+            .journal(&journal, SyncPolicy::Os)
+            .build()
+            .unwrap();
+        layer.flush().await.unwrap();
+        assert_eq!(layer.stats().replayed, writes.len() as u64);
+        for (k, v) in &writes {
+            assert_eq!(store.get(k).await.unwrap().as_ref(), Some(v), "key {k}");
+        }
+        layer.shutdown().await;
+    });
+    assert_eq!(segments(&journal).len(), 1, "confirmed segments are deleted");
 }
 
 #[test]
@@ -355,7 +409,7 @@ fn every_acknowledged_write_survives_sigkill() {
 }
 
 #[test]
-fn a_writer_cancelled_while_leading_the_journal_write_does_not_wedge_the_others() {
+fn a_writer_cancelled_while_leading_the_journal_sync_does_not_wedge_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let store: Shared = Arc::default();
     runtime().block_on(async {
@@ -363,8 +417,8 @@ fn a_writer_cancelled_while_leading_the_journal_write_does_not_wedge_the_others(
             .journal(dir.path(), SyncPolicy::EveryWrite)
             .build()
             .unwrap();
-        // Polled once, the put leads the journal write and yields; then it
-        // is dropped, as a timeout or a `select!` would.
+        // Polled once, the put leads the group commit's sync and waits for
+        // it; then it is dropped, as a timeout or a `select!` would.
         {
             let mut put = std::pin::pin!(layer.put(1, "maybe".into()));
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

@@ -73,10 +73,11 @@
 //!   fewer calls and 2.2× the throughput.
 //! - **Write-behind** (`cargo bench --bench write_behind`, a store with
 //!   200 µs per call, which tokio's timer stretches to about 1.3 ms): a
-//!   [`WriteBehind`] put is acknowledged about 2,100× faster than a
-//!   [`WriteThrough`] put; under Zipf(0.99) the store takes 0.155 writes
+//!   [`WriteBehind`] put is acknowledged about 2,400× faster than a
+//!   [`WriteThrough`] put; under Zipf(0.99) the store takes 0.15 writes
 //!   per acknowledged put; with the journal (synced every 2 ms) puts keep
-//!   0.50× of the unjournalled throughput with 64 writers, 0.25× with one.
+//!   0.72× of the unjournalled throughput with one writer (median of five
+//!   runs) and about 0.8× with 64.
 
 mod builder;
 mod core;

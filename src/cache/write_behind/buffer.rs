@@ -6,6 +6,7 @@ use std::hash::Hash;
 
 use tokio::time::Instant;
 
+use super::journal::Appender;
 use crate::store::Write;
 
 /// One buffered write and the sequence number it was acknowledged with.
@@ -47,6 +48,9 @@ pub(super) struct Buffer<K, V> {
     pub(super) flush_target: u64,
     /// No further writes are accepted.
     pub(super) closed: bool,
+    /// The journal's appending half, when there is a journal: writes are
+    /// logged under the same lock that buffers them.
+    pub(super) log: Option<Appender>,
 }
 
 impl<K: Clone + Eq + Hash, V: Clone> Buffer<K, V> {
@@ -59,6 +63,7 @@ impl<K: Clone + Eq + Hash, V: Clone> Buffer<K, V> {
             oldest_at: None,
             flush_target: 0,
             closed: false,
+            log: None,
         }
     }
 

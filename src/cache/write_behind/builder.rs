@@ -163,7 +163,9 @@ impl<S: Store> WriteBehindBuilder<S> {
         let mut replay_stats = (0, 0);
         let journal = match self.journal {
             Some(config) => {
-                let (journal, replay) = Journal::open(&config.dir, config.policy, config.decode)?;
+                let (journal, log, replay) =
+                    Journal::open(&config.dir, config.policy, config.decode)?;
+                buffer.log = Some(log);
                 replay_stats = (replay.writes.len() as u64, replay.bad_records);
                 let now = tokio::time::Instant::now();
                 for write in replay.writes {
@@ -212,8 +214,13 @@ where
     /// the same directory, the writes the store had not confirmed are
     /// replayed into it before new writes are accepted. `policy` says when
     /// the log is forced to the disk (a crash of the process loses nothing
-    /// under any policy; a power loss, see [`SyncPolicy`]). One journal
-    /// directory belongs to one `WriteBehind` at a time.
+    /// under any policy; a power loss, see [`SyncPolicy`]).
+    ///
+    /// The journal is a series of 4 MiB segment files, each written out in
+    /// full when it is created (so a full disk is an error then, not later)
+    /// and memory-mapped while it is appended to. One journal directory
+    /// belongs to one `WriteBehind` at a time, and other programs must not
+    /// modify or truncate its files.
     pub fn journal(mut self, dir: impl Into<PathBuf>, policy: SyncPolicy) -> Self {
         self.journal = Some(JournalConfig {
             dir: dir.into(),

@@ -18,7 +18,14 @@ pub(super) async fn run<S: Store>(shared: Arc<Shared<S>>) {
     let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
     while let Some(batch) = next_batch(&shared).await {
         write(&shared, batch, &mut rng).await;
-        let done = shared.lock().finish_batch();
+        let done = {
+            let mut buffer = shared.lock();
+            let done = buffer.finish_batch();
+            if let Some(log) = &mut buffer.log {
+                log.confirm(done);
+            }
+            done
+        };
         if let Some((journal, _)) = &shared.journal {
             if let Err(error) = journal.confirm(done) {
                 // The records stay and are replayed (again) on the next

@@ -119,8 +119,9 @@ impl<S: Store> Shared<S> {
 /// Without a journal, buffered writes live in memory: a process that dies
 /// before they are flushed loses them. With
 /// [`journal`](WriteBehindBuilder::journal), every write is appended to a
-/// checksummed on-disk log before it is acknowledged (writers that are
-/// ready together share one system call), and the next `build` over the
+/// checksummed on-disk log before it is acknowledged (a copy into a
+/// memory-mapped segment file, which is in the operating system's page
+/// cache at once, so no system call per write), and the next `build` over the
 /// same directory replays what the store had not confirmed before it
 /// accepts new writes: a crash of the process, even `SIGKILL`, loses no
 /// acknowledged write (tested with 20 kills of a child process). What a
@@ -134,13 +135,13 @@ impl<S: Store> Shared<S> {
 ///
 /// # Performance (a 200 µs store, which tokio's timer makes about 1.3 ms)
 ///
-/// `cargo bench --bench write_behind`: a `put` is acknowledged about
-/// 2,100× faster than through `WriteThrough` (0.6 µs against 1.28 ms);
-/// with a Zipf(0.99) key stream the store takes 0.155 writes per
-/// acknowledged put (1 in 6.5) thanks to coalescing; the journal (synced
-/// every 2 ms) keeps 0.50× of the unjournalled throughput with 64
-/// concurrent writers and 0.25× for a single writer, whose every put pays
-/// one `write` system call.
+/// `cargo bench --bench write_behind`, medians of the runs' ratios: a
+/// `put` is acknowledged about 2,400× faster than through `WriteThrough`
+/// (0.53 µs against 1.3 ms); with a Zipf(0.99) key stream the store takes
+/// 0.15 writes per acknowledged put (1 in 6.7) thanks to coalescing; the
+/// journal (synced every 2 ms) keeps 0.72× of the unjournalled throughput
+/// for a single writer (five runs: 0.68–0.99) and about 0.8× with 64
+/// concurrent writers.
 ///
 /// [`flush`]: WriteBehind::flush
 /// [`shutdown`]: WriteBehind::shutdown
@@ -310,16 +311,14 @@ impl<S: Store> WriteBehind<S> {
         }
         // Journal first: a write that cannot be logged is neither
         // acknowledged nor buffered.
-        let ticket = match &shared.journal {
-            Some((journal, encode)) => {
-                let last = buffer.last_seq() + pending.len() as u64;
-                Some(journal.enqueue(last, |queue| {
-                    pending
-                        .iter()
-                        .try_for_each(|write| journal::frame(write, *encode, queue))
-                })?)
-            }
-            None => None,
+        let last = buffer.last_seq() + pending.len() as u64;
+        let ticket = match (&shared.journal, buffer.log.as_mut()) {
+            (Some((journal, encode)), Some(log)) => Some(log.append(journal, last, |records| {
+                pending
+                    .iter()
+                    .try_for_each(|write| journal::frame(write, *encode, records))
+            })?),
+            _ => None,
         };
         let now = Instant::now();
         let (mut seq, mut coalesced) = (buffer.last_seq(), 0);
