@@ -247,7 +247,43 @@ fn writes_spanning_many_segments_and_one_larger_than_a_segment_are_all_replayed(
         }
         layer.shutdown().await;
     });
-    assert_eq!(segments(&journal).len(), 1, "confirmed segments are deleted");
+    assert_eq!(
+        segments(&journal).len(),
+        1,
+        "confirmed segments are deleted"
+    );
+}
+
+#[test]
+fn stats_count_the_journal_bytes_appended_and_those_not_yet_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Shared = Arc::default();
+    runtime().block_on(async {
+        let faulty = FaultyStore::new(Arc::clone(&store));
+        faulty.set_failing(true);
+        let layer = WriteBehind::builder(faulty)
+            .journal(dir.path(), SyncPolicy::Os)
+            .retries(1_000, Duration::from_millis(1), Duration::from_millis(2))
+            .build()
+            .unwrap();
+        assert_eq!(layer.stats().journal_bytes_appended, 0);
+        for k in 0..10u64 {
+            layer.put(k, "ten bytes!".into()).await.unwrap();
+        }
+        let held = layer.stats();
+        assert!(held.journal_bytes_appended > 10 * 10, "{held:?}");
+        assert_eq!(
+            held.journal_bytes_unconfirmed, held.journal_bytes_appended,
+            "the store has confirmed nothing"
+        );
+        layer.get_ref().set_failing(false);
+        layer.flush().await.unwrap();
+        let flushed = layer.stats();
+        assert_eq!(flushed.journal_bytes_appended, held.journal_bytes_appended);
+        assert_eq!(flushed.journal_bytes_unconfirmed, 0);
+        layer.shutdown().await;
+    });
+    assert_eq!(store.len(), 10);
 }
 
 #[test]

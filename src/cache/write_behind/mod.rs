@@ -193,8 +193,16 @@ impl<S: Store> WriteBehind<S> {
 
     /// The layer's counters.
     pub fn stats(&self) -> WriteBehindStats {
-        let buffered = self.shared.lock().len() as u64;
-        self.shared.counters.snapshot(buffered)
+        let (buffered, journal) = {
+            let buffer = self.shared.lock();
+            let journal = buffer
+                .log
+                .as_ref()
+                .map(|log| log.bytes())
+                .unwrap_or_default();
+            (buffer.len() as u64, journal)
+        };
+        self.shared.counters.snapshot(buffered, journal)
     }
 
     /// Takes the dead letters kept so far (none when a sink was given), for

@@ -21,7 +21,7 @@ impl Counters {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub(super) fn snapshot(&self, buffered: u64) -> WriteBehindStats {
+    pub(super) fn snapshot(&self, buffered: u64, journal: JournalBytes) -> WriteBehindStats {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         WriteBehindStats {
             acknowledged: load(&self.acknowledged),
@@ -35,6 +35,8 @@ impl Counters {
             replayed: load(&self.replayed),
             bad_journal_records: load(&self.bad_journal_records),
             buffered,
+            journal_bytes_appended: journal.appended,
+            journal_bytes_unconfirmed: journal.unconfirmed,
         }
     }
 }
@@ -67,4 +69,17 @@ pub struct WriteBehindStats {
     pub bad_journal_records: u64,
     /// Entries buffered now (pending, plus the batch in flight).
     pub buffered: u64,
+    /// Bytes of records appended to the journal since the layer was built
+    /// (0 without a journal).
+    pub journal_bytes_appended: u64,
+    /// Bytes of journal records whose writes the store has not confirmed
+    /// yet: what a crash now would leave to replay.
+    pub journal_bytes_unconfirmed: u64,
+}
+
+/// The journal's byte counts, read under the buffer's lock.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct JournalBytes {
+    pub(super) appended: u64,
+    pub(super) unconfirmed: u64,
 }

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use super::stats::JournalBytes;
 use crate::{Error, Result};
 
 pub(super) use record::{decode, encode, frame, DecodeFn, EncodeFn};
@@ -97,12 +98,26 @@ pub(super) struct Journal {
 #[derive(Debug)]
 pub(super) struct Appender {
     active: Active,
-    /// Where each group of records appended to the active segment ends,
-    /// with the sequence of its last write: how far the checkpoint may
-    /// move once the store confirms that sequence.
-    marks: VecDeque<(u64, usize)>,
+    /// Each group of records appended and not yet confirmed, oldest
+    /// first: how far the checkpoint and the confirmed bytes move once the
+    /// store confirms its last write.
+    marks: VecDeque<Mark>,
     /// Where records are encoded before they are copied in.
     scratch: Vec<u8>,
+    /// Bytes appended since open, and of those, bytes of confirmed writes.
+    appended: u64,
+    confirmed: u64,
+}
+
+/// Where a group of appended records ends.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    /// The sequence of its last write.
+    seq: u64,
+    /// The segment it is in, and its end there.
+    segment: u64,
+    end: usize,
+    /// [`Appender::appended`] after it.
     appended: u64,
 }
 
@@ -182,6 +197,7 @@ impl Journal {
             marks: VecDeque::new(),
             scratch: Vec::new(),
             appended: 0,
+            confirmed: 0,
         };
         Ok((
             journal,
@@ -297,8 +313,13 @@ impl Appender {
             self.rotate(journal, len)?;
         }
         let end = self.active.append(&self.scratch, last_seq);
-        self.marks.push_back((last_seq, end));
         self.appended += len as u64;
+        self.marks.push_back(Mark {
+            seq: last_seq,
+            segment: self.active.id(),
+            end,
+            appended: self.appended,
+        });
         journal.appended.store(self.appended, Ordering::Release);
         if self.scratch.capacity() > 64 << 10 {
             self.scratch = Vec::new(); // do not keep a large write's buffer
@@ -311,7 +332,6 @@ impl Appender {
     fn rotate(&mut self, journal: &Journal, bytes: usize) -> Result<()> {
         let next = Active::create(&journal.dir, self.active.id() + 1, bytes)?;
         let full = std::mem::replace(&mut self.active, next);
-        self.marks.clear();
         let mut files = journal.files();
         files.active = Arc::clone(self.active.file());
         if full.is_empty() {
@@ -329,18 +349,30 @@ impl Appender {
     }
 
     /// The store has every write up to `done`: move the active segment's
-    /// checkpoint past their records.
+    /// checkpoint past their records. (Closed segments are deleted whole by
+    /// [`Journal::confirm`].)
     pub(super) fn confirm(&mut self, done: u64) {
         let mut checkpoint = None;
-        while let Some(&(seq, end)) = self.marks.front() {
-            if seq > done {
+        while let Some(mark) = self.marks.front().copied() {
+            if mark.seq > done {
                 break;
             }
-            checkpoint = Some(end);
+            self.confirmed = mark.appended;
+            if mark.segment == self.active.id() {
+                checkpoint = Some(mark.end);
+            }
             self.marks.pop_front();
         }
         if let Some(offset) = checkpoint {
             self.active.checkpoint(offset);
+        }
+    }
+
+    /// Bytes appended since open, and bytes not yet confirmed.
+    pub(super) fn bytes(&self) -> JournalBytes {
+        JournalBytes {
+            appended: self.appended,
+            unconfirmed: self.appended - self.confirmed,
         }
     }
 }
