@@ -74,6 +74,7 @@
 pub mod cache;
 pub mod codec;
 mod error;
+pub mod events;
 pub mod position;
 pub mod store;
 #[cfg(feature = "testing")]

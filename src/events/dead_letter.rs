@@ -1,0 +1,188 @@
+//! A subscription group's dead-letter queue, sequenced per key: once an
+//! event of a key is dead-lettered, later events of that key are parked
+//! behind it instead of handled, so that handling the queue again keeps
+//! the key's order (Axon's sequenced dead letters).
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::event::{Event, EventKey};
+use crate::BoxError;
+
+/// An event its group could not handle.
+pub struct DeadLetter<E> {
+    /// The event.
+    pub event: Event<E>,
+    /// The last error its handler returned (or the panic, as an error);
+    /// for a parked event, why it was parked.
+    pub error: BoxError,
+    /// Handler attempts made (0 for a parked event).
+    pub attempts: u32,
+}
+
+impl<E> Clone for DeadLetter<E> {
+    fn clone(&self) -> Self {
+        DeadLetter {
+            event: self.event.clone(),
+            error: self.error.clone(),
+            attempts: self.attempts,
+        }
+    }
+}
+
+impl<E> fmt::Debug for DeadLetter<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadLetter")
+            .field("offset", &self.event.offset())
+            .field("key", &self.event.key())
+            .field("error", &self.error.to_string())
+            .field("attempts", &self.attempts)
+            .finish()
+    }
+}
+
+/// What [`Subscription::replay_dead_letters`](super::Subscription::replay_dead_letters) did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplayReport {
+    /// Dead letters handled this time, and gone from the queue.
+    pub handled: u64,
+    /// Dead letters whose handler failed again: they stay, with the later
+    /// letters of their key behind them.
+    pub failed: u64,
+}
+
+struct Letters<E> {
+    queue: VecDeque<DeadLetter<E>>,
+    /// Keys with letters in the queue, and how many.
+    parked: HashMap<EventKey, usize>,
+}
+
+pub(super) struct DeadLetters<E> {
+    letters: Mutex<Letters<E>>,
+    /// Keys parked: zero lets a worker skip the lock.
+    parked_keys: AtomicUsize,
+}
+
+impl<E> fmt::Debug for DeadLetters<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadLetters")
+            .field("len", &self.lock().queue.len())
+            .finish()
+    }
+}
+
+impl<E> DeadLetters<E> {
+    pub(super) fn new() -> Self {
+        DeadLetters {
+            letters: Mutex::new(Letters {
+                queue: VecDeque::new(),
+                parked: HashMap::new(),
+            }),
+            parked_keys: AtomicUsize::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Letters<E>> {
+        self.letters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a letter; its key (if any) is parked until its letters are
+    /// gone.
+    pub(super) fn push(&self, letter: DeadLetter<E>) {
+        let mut letters = self.lock();
+        if let Some(key) = letter.event.key() {
+            let count = letters.parked.entry(key.clone()).or_insert(0);
+            if *count == 0 {
+                self.parked_keys.fetch_add(1, Ordering::Relaxed);
+            }
+            *count += 1;
+        }
+        letters.queue.push_back(letter);
+    }
+
+    /// Parks `event` behind the letters of its key, if it has any; gives
+    /// it back otherwise. Checked and parked under one lock, so an event
+    /// never overtakes a dead letter of its key.
+    pub(super) fn park_if_behind(&self, event: Event<E>) -> Option<Event<E>> {
+        if self.parked_keys.load(Ordering::Relaxed) == 0 {
+            return Some(event);
+        }
+        let mut letters = self.lock();
+        let Some(key) = event.key() else {
+            return Some(event);
+        };
+        let Some(count) = letters.parked.get_mut(key) else {
+            return Some(event);
+        };
+        *count += 1;
+        let error: BoxError = std::sync::Arc::new(Parked);
+        letters.queue.push_back(DeadLetter {
+            event,
+            error,
+            attempts: 0,
+        });
+        None
+    }
+
+    pub(super) fn snapshot(&self) -> Vec<DeadLetter<E>> {
+        self.lock().queue.iter().cloned().collect()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// Takes the oldest letter whose key is not in `skip`, leaving its key
+    /// parked.
+    pub(super) fn take_next(&self, skip: &[EventKey]) -> Option<DeadLetter<E>> {
+        let mut letters = self.lock();
+        let at = letters
+            .queue
+            .iter()
+            .position(|letter| letter.event.key().is_none_or(|key| !skip.contains(key)))?;
+        letters.queue.remove(at)
+    }
+
+    /// A taken letter was handled: unpark its key once none is left.
+    pub(super) fn handled(&self, letter: &DeadLetter<E>) {
+        let Some(key) = letter.event.key() else {
+            return;
+        };
+        let mut letters = self.lock();
+        if let Some(count) = letters.parked.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                letters.parked.remove(key);
+                self.parked_keys.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A taken letter failed again: back to the front of its key's line.
+    pub(super) fn put_back(&self, letter: DeadLetter<E>) {
+        let mut letters = self.lock();
+        let at = letter.event.key().map_or(letters.queue.len(), |key| {
+            letters
+                .queue
+                .iter()
+                .position(|l| l.event.key() == Some(key))
+                .unwrap_or(letters.queue.len())
+        });
+        letters.queue.insert(at, letter);
+    }
+}
+
+/// Why a parked event is in the dead-letter queue.
+#[derive(Debug)]
+struct Parked;
+
+impl fmt::Display for Parked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("parked behind an earlier dead letter of its key")
+    }
+}
+
+impl std::error::Error for Parked {}

@@ -1,0 +1,129 @@
+//! What a topic carries: an event with its key, offset and timestamp.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// The key that orders events: events of one key are handled one after
+/// another, in publish order, within each subscription group.
+///
+/// Made from strings, bytes or integers; two keys are the same key when
+/// their bytes are equal.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventKey(Arc<[u8]>);
+
+impl EventKey {
+    /// The key's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for EventKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match std::str::from_utf8(&self.0) {
+            Ok(text) => write!(f, "EventKey({text:?})"),
+            Err(_) => write!(f, "EventKey({:02x?})", &self.0[..]),
+        }
+    }
+}
+
+impl From<&str> for EventKey {
+    fn from(key: &str) -> Self {
+        EventKey(Arc::from(key.as_bytes()))
+    }
+}
+
+impl From<String> for EventKey {
+    fn from(key: String) -> Self {
+        EventKey(Arc::from(key.into_bytes()))
+    }
+}
+
+impl From<&[u8]> for EventKey {
+    fn from(key: &[u8]) -> Self {
+        EventKey(Arc::from(key))
+    }
+}
+
+impl From<Vec<u8>> for EventKey {
+    fn from(key: Vec<u8>) -> Self {
+        EventKey(Arc::from(key))
+    }
+}
+
+impl From<u64> for EventKey {
+    fn from(key: u64) -> Self {
+        EventKey(Arc::from(key.to_be_bytes().as_slice()))
+    }
+}
+
+struct Inner<E> {
+    payload: E,
+    key: Option<EventKey>,
+    offset: u64,
+    timestamp: SystemTime,
+}
+
+/// One published event. Cloning it is cheap: every subscription group
+/// shares the one payload.
+pub struct Event<E> {
+    inner: Arc<Inner<E>>,
+}
+
+impl<E> Clone for Event<E> {
+    fn clone(&self) -> Self {
+        Event {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<E> Event<E> {
+    pub(crate) fn new(
+        payload: E,
+        key: Option<EventKey>,
+        offset: u64,
+        timestamp: SystemTime,
+    ) -> Self {
+        Event {
+            inner: Arc::new(Inner {
+                payload,
+                key,
+                offset,
+                timestamp,
+            }),
+        }
+    }
+
+    /// What was published.
+    pub fn payload(&self) -> &E {
+        &self.inner.payload
+    }
+
+    /// The key it was published with, if any.
+    pub fn key(&self) -> Option<&EventKey> {
+        self.inner.key.as_ref()
+    }
+
+    /// Its position in the topic: 0 for the first event, growing by one
+    /// per event.
+    pub fn offset(&self) -> u64 {
+        self.inner.offset
+    }
+
+    /// When it was published (wall clock).
+    pub fn timestamp(&self) -> SystemTime {
+        self.inner.timestamp
+    }
+}
+
+impl<E: fmt::Debug> fmt::Debug for Event<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("offset", &self.inner.offset)
+            .field("key", &self.inner.key)
+            .field("payload", &self.inner.payload)
+            .finish_non_exhaustive()
+    }
+}
