@@ -60,7 +60,7 @@ impl EventBus {
     /// # Errors
     ///
     /// As [`topic_with`](Self::topic_with).
-    pub fn topic<E: Send + Sync + 'static>(&self, name: &str) -> Result<Topic<E>> {
+    pub fn topic<E: Clone + Send + Sync + 'static>(&self, name: &str) -> Result<Topic<E>> {
         self.open(name, None)
     }
 
@@ -73,7 +73,7 @@ impl EventBus {
     /// with another event type or other options, or the name is empty;
     /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) once the
     /// bus is shut down.
-    pub fn topic_with<E: Send + Sync + 'static>(
+    pub fn topic_with<E: Clone + Send + Sync + 'static>(
         &self,
         name: &str,
         options: TopicOptions,
@@ -81,7 +81,7 @@ impl EventBus {
         self.open(name, Some(options))
     }
 
-    fn open<E: Send + Sync + 'static>(
+    fn open<E: Clone + Send + Sync + 'static>(
         &self,
         name: &str,
         options: Option<TopicOptions>,

@@ -22,7 +22,7 @@ pub struct DeadLetter<E> {
     pub attempts: u32,
 }
 
-impl<E> Clone for DeadLetter<E> {
+impl<E: Clone> Clone for DeadLetter<E> {
     fn clone(&self) -> Self {
         DeadLetter {
             event: self.event.clone(),
@@ -127,7 +127,10 @@ impl<E> DeadLetters<E> {
         None
     }
 
-    pub(super) fn snapshot(&self) -> Vec<DeadLetter<E>> {
+    pub(super) fn snapshot(&self) -> Vec<DeadLetter<E>>
+    where
+        E: Clone,
+    {
         self.lock().queue.iter().cloned().collect()
     }
 

@@ -58,72 +58,61 @@ impl From<u64> for EventKey {
     }
 }
 
-struct Inner<E> {
+/// One published event. Each subscription group gets its own copy (the
+/// payload is cloned per group and per handler attempt, as
+/// `tokio::sync::broadcast` clones per receiver): wrap a large payload in
+/// an `Arc` to share it instead.
+#[derive(Clone)]
+pub struct Event<E> {
     payload: E,
     key: Option<EventKey>,
     offset: u64,
     timestamp: SystemTime,
 }
 
-/// One published event. Cloning it is cheap: every subscription group
-/// shares the one payload.
-pub struct Event<E> {
-    inner: Arc<Inner<E>>,
-}
-
-impl<E> Clone for Event<E> {
-    fn clone(&self) -> Self {
-        Event {
-            inner: Arc::clone(&self.inner),
-        }
-    }
-}
-
 impl<E> Event<E> {
-    pub(crate) fn new(
-        payload: E,
-        key: Option<EventKey>,
-        offset: u64,
-        timestamp: SystemTime,
-    ) -> Self {
+    pub(crate) fn new(payload: E, key: Option<EventKey>, offset: u64, timestamp: SystemTime) -> Self {
         Event {
-            inner: Arc::new(Inner {
-                payload,
-                key,
-                offset,
-                timestamp,
-            }),
+            payload,
+            key,
+            offset,
+            timestamp,
         }
     }
 
     /// What was published.
     pub fn payload(&self) -> &E {
-        &self.inner.payload
+        &self.payload
+    }
+
+    /// Takes the payload out of the event.
+    pub fn into_payload(self) -> E {
+        self.payload
     }
 
     /// The key it was published with, if any.
     pub fn key(&self) -> Option<&EventKey> {
-        self.inner.key.as_ref()
+        self.key.as_ref()
     }
 
     /// Its position in the topic: 0 for the first event, growing by one
     /// per event.
     pub fn offset(&self) -> u64 {
-        self.inner.offset
+        self.offset
     }
 
     /// When it was published (wall clock).
     pub fn timestamp(&self) -> SystemTime {
-        self.inner.timestamp
+        self.timestamp
     }
 }
 
 impl<E: fmt::Debug> fmt::Debug for Event<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Event")
-            .field("offset", &self.inner.offset)
-            .field("key", &self.inner.key)
-            .field("payload", &self.inner.payload)
+            .field("offset", &self.offset)
+            .field("key", &self.key)
+            .field("payload", &self.payload)
             .finish_non_exhaustive()
     }
 }

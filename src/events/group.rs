@@ -7,7 +7,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -80,14 +80,43 @@ impl RetryPolicy {
 /// One worker's buffer.
 #[derive(Debug)]
 pub(super) struct Partition<E> {
-    pub(super) queue: Mutex<VecDeque<Event<E>>>,
+    queue: Mutex<VecDeque<Event<E>>>,
+    /// The queue's length, readable without its lock: only publishers
+    /// (under the topic's lock) make it grow, so a check for room stays
+    /// true until they push.
+    len: AtomicUsize,
     /// Wakes the worker: events arrived, or the group is closing.
     pub(super) wake: Notify,
 }
 
 impl<E> Partition<E> {
-    pub(super) fn lock(&self) -> MutexGuard<'_, VecDeque<Event<E>>> {
+    fn new() -> Self {
+        Partition {
+            queue: Mutex::new(VecDeque::new()),
+            len: AtomicUsize::new(0),
+            wake: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Event<E>>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn len(&self) -> usize {
+        self.len.load(Ordering::SeqCst)
+    }
+
+    /// Moves every queued event to `batch` (the worker's side).
+    pub(super) fn take_all(&self, batch: &mut Vec<Event<E>>) {
+        if self.len() == 0 {
+            return; // no lock taken: an idle worker leaves the publisher's lock alone
+        }
+        let mut queue = self.lock();
+        batch.extend(queue.drain(..));
+        // Sequentially consistent, with the load of `room_waiters` that
+        // follows: a publisher about to wait for room sees the room, or is
+        // seen waiting.
+        self.len.store(0, Ordering::SeqCst);
     }
 }
 
@@ -103,11 +132,11 @@ pub(super) struct Group<E> {
     pub(super) capacity: usize,
     pub(super) backpressure: Backpressure,
     pub(super) retry: RetryPolicy,
-    /// Wakes publishers waiting for room.
+    /// Wakes publishers waiting for room, and counts them (workers wake
+    /// them only when there are some).
     pub(super) room: Notify,
-    /// Events received and not yet finished (handled, dead-lettered or
-    /// dropped), and a wake-up for when that reaches zero.
-    pending: AtomicU64,
+    pub(super) room_waiters: AtomicU64,
+    /// Wakes [`Subscription::caught_up`] when nothing is pending.
     idle: Notify,
     pub(super) closed: AtomicBool,
     pub(super) counters: GroupCounters,
@@ -137,56 +166,78 @@ pub(super) fn partition_of(key: Option<&EventKey>, offset: u64, workers: usize) 
     (spread % workers as u64) as usize
 }
 
-impl<E: Send + Sync + 'static> Group<E> {
+impl<E: Clone + Send + Sync + 'static> Group<E> {
     /// Whether the events to come (`(key, offset)`) fit the buffers: a
     /// worker's buffer takes them if they fit its capacity, or if it is
     /// empty (a batch larger than a buffer goes in alone). Always true
     /// for a group that drops instead.
-    pub(super) fn has_room(&self, events: &[(Option<&EventKey>, u64)]) -> bool {
+    pub(super) fn has_room<'k>(
+        &self,
+        events: impl ExactSizeIterator<Item = (Option<&'k EventKey>, u64)>,
+    ) -> bool {
         if self.backpressure == Backpressure::DropOldest {
             return true;
         }
+        let fits = |partition: &Partition<E>, need: usize| {
+            let len = partition.len();
+            need == 0 || len == 0 || len + need <= self.capacity
+        };
+        if let [partition] = &self.partitions[..] {
+            return fits(partition, events.len());
+        }
         let workers = self.partitions.len();
         let mut need = vec![0usize; workers];
-        for &(key, offset) in events {
+        for (key, offset) in events {
             need[partition_of(key, offset, workers)] += 1;
         }
         need.iter()
             .zip(self.partitions.iter())
-            .all(|(&need, partition)| {
-                let len = partition.lock().len();
-                need == 0 || len == 0 || len + need <= self.capacity
-            })
+            .all(|(&need, partition)| fits(partition, need))
     }
 
     /// Hands events to their workers (the topic checked for room).
     pub(super) fn push(&self, events: &[Event<E>]) {
         let workers = self.partitions.len();
-        GroupCounters::add(&self.counters.received, events.len() as u64);
-        self.pending
-            .fetch_add(events.len() as u64, Ordering::AcqRel);
+        let count = events.len() as u64;
+        GroupCounters::add_locked(&self.counters.publisher.received, count);
         let mut dropped = 0;
-        for event in events {
-            let partition = &self.partitions[partition_of(event.key(), event.offset(), workers)];
+        let mut run_start = 0;
+        // Consecutive events for one worker go in under one lock.
+        while run_start < events.len() {
+            let index = partition_of(events[run_start].key(), events[run_start].offset(), workers);
+            let mut run_end = run_start + 1;
+            while run_end < events.len()
+                && partition_of(events[run_end].key(), events[run_end].offset(), workers) == index
+            {
+                run_end += 1;
+            }
+            let partition = &self.partitions[index];
             {
                 let mut queue = partition.lock();
-                if self.backpressure == Backpressure::DropOldest && queue.len() >= self.capacity {
-                    queue.pop_front();
-                    dropped += 1;
+                for event in &events[run_start..run_end] {
+                    if self.backpressure == Backpressure::DropOldest && queue.len() >= self.capacity
+                    {
+                        queue.pop_front();
+                        dropped += 1;
+                    }
+                    queue.push_back(event.clone());
                 }
-                queue.push_back(event.clone());
+                partition.len.store(queue.len(), Ordering::Release);
             }
             partition.wake.notify_one();
+            run_start = run_end;
         }
         if dropped > 0 {
-            GroupCounters::add(&self.counters.dropped, dropped);
-            self.finished(dropped);
+            // Never the last pending events: the one pushed is pending.
+            GroupCounters::add_locked(&self.counters.publisher.dropped, dropped);
         }
     }
 
     /// `n` events are finished: handled, dead-lettered or dropped.
     pub(super) fn finished(&self, n: u64) {
-        if self.pending.fetch_sub(n, Ordering::AcqRel) == n {
+        self.counters.worker.finished.fetch_add(n, Ordering::SeqCst);
+        if self.counters.worker.watchers.load(Ordering::SeqCst) > 0 && self.counters.pending() == 0
+        {
             self.idle.notify_waiters();
         }
     }
@@ -203,7 +254,7 @@ impl<E: Send + Sync + 'static> Group<E> {
     }
 
     fn stats(&self) -> GroupStats {
-        self.counters.snapshot(self.pending.load(Ordering::Acquire))
+        self.counters.snapshot()
     }
 }
 
@@ -233,7 +284,7 @@ impl<E> fmt::Debug for GroupBuilder<E> {
     }
 }
 
-impl<E: Send + Sync + 'static> GroupBuilder<E> {
+impl<E: Clone + Send + Sync + 'static> GroupBuilder<E> {
     pub(super) fn new(topic: Topic<E>, name: String) -> Self {
         GroupBuilder {
             topic,
@@ -310,17 +361,12 @@ impl<E: Send + Sync + 'static> GroupBuilder<E> {
         });
         let group = Arc::new(Group {
             name: self.name,
-            partitions: (0..self.workers)
-                .map(|_| Partition {
-                    queue: Mutex::new(VecDeque::new()),
-                    wake: Notify::new(),
-                })
-                .collect(),
+            partitions: (0..self.workers).map(|_| Partition::new()).collect(),
             capacity: self.capacity,
             backpressure: self.backpressure,
             retry: self.retry,
             room: Notify::new(),
-            pending: AtomicU64::new(0),
+            room_waiters: AtomicU64::new(0),
             idle: Notify::new(),
             closed: AtomicBool::new(false),
             counters: GroupCounters::default(),
@@ -341,6 +387,23 @@ impl<E: Send + Sync + 'static> GroupBuilder<E> {
     }
 }
 
+/// Counts a waiting task while it lives (a drop guard, so a cancelled
+/// wait is uncounted too).
+pub(super) struct Watching<'a>(&'a AtomicU64);
+
+impl<'a> Watching<'a> {
+    pub(super) fn new(watchers: &'a AtomicU64) -> Self {
+        watchers.fetch_add(1, Ordering::SeqCst);
+        Watching(watchers)
+    }
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A running subscription group: its stats, its dead-letter queue, and a
 /// way to wait until it has caught up.
 pub struct Subscription<E> {
@@ -355,7 +418,7 @@ impl<E> fmt::Debug for Subscription<E> {
     }
 }
 
-impl<E: Send + Sync + 'static> Subscription<E> {
+impl<E: Clone + Send + Sync + 'static> Subscription<E> {
     /// The group's name.
     pub fn name(&self) -> &str {
         &self.group.name
@@ -369,9 +432,15 @@ impl<E: Send + Sync + 'static> Subscription<E> {
     /// Returns once every event the group has received is finished
     /// (handled, dead-lettered or dropped).
     pub async fn caught_up(&self) {
+        let counters = &self.group.counters;
+        // Counted while waiting (a drop guard, so a cancelled wait is
+        // uncounted too); a worker that finishes events after the count
+        // went up sees it, and wakes this task if nothing is pending.
+        let _watching = Watching::new(&counters.worker.watchers);
         loop {
-            let idle = self.group.idle.notified();
-            if self.group.pending.load(Ordering::Acquire) == 0 {
+            let mut idle = std::pin::pin!(self.group.idle.notified());
+            idle.as_mut().enable();
+            if counters.pending() == 0 {
                 return;
             }
             idle.await;
@@ -400,7 +469,7 @@ impl<E: Send + Sync + 'static> Subscription<E> {
             match (self.group.replayer)(letter.event.clone()).await {
                 Attempt::Handled => {
                     report.handled += 1;
-                    GroupCounters::add(&self.group.counters.delivered, 1);
+                    GroupCounters::add(&self.group.counters.worker.delivered, 1);
                     self.group.dead.handled(&letter);
                 }
                 Attempt::Failed(error) | Attempt::Panicked(error) => {

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use tokio::task::JoinHandle;
 
 use super::event::{Event, EventKey};
-use super::group::{Group, GroupBuilder, StartFrom};
+use super::group::{Group, GroupBuilder, StartFrom, Watching};
 use super::stats::TopicStats;
 use crate::{Error, Result};
 
@@ -67,11 +67,21 @@ impl<E> fmt::Debug for Topic<E> {
     }
 }
 
+/// The keys and offsets events will have, publishing from `first`.
+fn placed(
+    keys: &[Option<EventKey>],
+    first: u64,
+) -> impl ExactSizeIterator<Item = (Option<&EventKey>, u64)> {
+    keys.iter()
+        .map(Option::as_ref)
+        .zip((0..keys.len()).map(move |i| first + i as u64))
+}
+
 fn closed(name: &str) -> Error {
     Error::unavailable("EventBus", format!("topic `{name}`: the bus is shut down"))
 }
 
-impl<E: Send + Sync + 'static> Topic<E> {
+impl<E: Clone + Send + Sync + 'static> Topic<E> {
     pub(super) fn new(name: String, options: TopicOptions) -> Self {
         Topic {
             inner: Arc::new(Inner {
@@ -111,9 +121,7 @@ impl<E: Send + Sync + 'static> Topic<E> {
     /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) once the
     /// bus is shut down (the event is not published).
     pub async fn publish(&self, payload: E) -> Result<u64> {
-        self.publish_batch([(None, payload)])
-            .await
-            .map(|range| range.start)
+        self.publish_one(None, payload).await
     }
 
     /// Publishes an event with a key: within each group, events of one key
@@ -124,14 +132,12 @@ impl<E: Send + Sync + 'static> Topic<E> {
     ///
     /// As [`publish`](Self::publish).
     pub async fn publish_keyed(&self, key: impl Into<EventKey>, payload: E) -> Result<u64> {
-        self.publish_batch([(Some(key.into()), payload)])
-            .await
-            .map(|range| range.start)
+        self.publish_one(Some(key.into()), payload).await
     }
 
-    /// Publishes several events at once (one lock, one wake-up per worker
-    /// at most per event): their offsets are consecutive and returned as a
-    /// range. All of them are published, or none (on error).
+    /// Publishes several events at once, under one lock: their offsets are
+    /// consecutive and returned as a range. All of them are published, or
+    /// none (on error).
     ///
     /// # Errors
     ///
@@ -140,43 +146,61 @@ impl<E: Send + Sync + 'static> Topic<E> {
         &self,
         events: impl IntoIterator<Item = (Option<EventKey>, E)>,
     ) -> Result<Range<u64>> {
-        let events: Vec<(Option<EventKey>, E)> = events.into_iter().collect();
+        let (keys, payloads): (Vec<Option<EventKey>>, Vec<E>) = events.into_iter().unzip();
+        self.when_room(&keys, |topic, state| {
+            let first = state.next_offset;
+            let now = SystemTime::now();
+            let events: Vec<Event<E>> = keys
+                .iter()
+                .cloned()
+                .zip(payloads)
+                .zip(first..)
+                .map(|((key, payload), offset)| Event::new(payload, key, offset, now))
+                .collect();
+            topic.append(state, &events);
+            first..state.next_offset
+        })
+        .await
+    }
+
+    async fn publish_one(&self, key: Option<EventKey>, payload: E) -> Result<u64> {
+        self.when_room(std::slice::from_ref(&key), |topic, state| {
+            let offset = state.next_offset;
+            let event = Event::new(payload, key.clone(), offset, SystemTime::now());
+            topic.append(state, std::slice::from_ref(&event));
+            offset
+        })
+        .await
+    }
+
+    /// Runs `append` under the topic's lock once every blocking group has
+    /// room for events with these `keys`, waiting for room as long as one
+    /// has none.
+    async fn when_room<T, F>(&self, keys: &[Option<EventKey>], append: F) -> Result<T>
+    where
+        F: FnOnce(&Self, &mut State<E>) -> T,
+    {
+        let mut append = append;
         loop {
-            let waiting_on = {
-                let mut state = self.lock();
-                if state.closed {
-                    return Err(closed(&self.inner.name));
-                }
-                let first = state.next_offset;
-                let placed: Vec<(Option<&EventKey>, u64)> = events
-                    .iter()
-                    .zip(first..)
-                    .map(|((key, _), offset)| (key.as_ref(), offset))
-                    .collect();
-                match state.groups.iter().find(|group| !group.has_room(&placed)) {
-                    Some(full) => Arc::clone(full),
-                    None => {
-                        drop(placed);
-                        return Ok(self.append(&mut state, events));
-                    }
+            let full = match self.try_append(keys, append)? {
+                Ok(appended) => return Ok(appended),
+                Err((full, give_back)) => {
+                    append = give_back;
+                    full
                 }
             };
             // Wait for the full group's workers to take events, then look
-            // again. The wake-up is registered before the lock is retaken.
-            let mut room = pin!(waiting_on.room.notified());
+            // again. The wake-up is registered before the check, so a
+            // worker that makes room in between is not missed.
+            let _waiting = Watching::new(&full.room_waiters);
+            let mut room = pin!(full.room.notified());
             room.as_mut().enable();
             let still_full = {
                 let state = self.lock();
                 if state.closed {
                     return Err(closed(&self.inner.name));
                 }
-                let first = state.next_offset;
-                let placed: Vec<(Option<&EventKey>, u64)> = events
-                    .iter()
-                    .zip(first..)
-                    .map(|((key, _), offset)| (key.as_ref(), offset))
-                    .collect();
-                !waiting_on.has_room(&placed)
+                !full.has_room(placed(keys, state.next_offset))
             };
             if still_full {
                 room.await;
@@ -184,16 +208,37 @@ impl<E: Send + Sync + 'static> Topic<E> {
         }
     }
 
-    /// Assigns offsets, retains and hands the events to every group; the
-    /// caller checked for room under the same lock.
-    fn append(&self, state: &mut State<E>, events: Vec<(Option<EventKey>, E)>) -> Range<u64> {
+    /// Appends if every group has room; otherwise gives `append` back with
+    /// a group that is full.
+    #[allow(clippy::type_complexity)]
+    fn try_append<T, F>(
+        &self,
+        keys: &[Option<EventKey>],
+        append: F,
+    ) -> Result<Result<T, (Arc<Group<E>>, F)>>
+    where
+        F: FnOnce(&Self, &mut State<E>) -> T,
+    {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(closed(&self.inner.name));
+        }
         let first = state.next_offset;
-        let now = SystemTime::now();
-        let events: Vec<Event<E>> = events
-            .into_iter()
-            .zip(first..)
-            .map(|((key, payload), offset)| Event::new(payload, key, offset, now))
-            .collect();
+        Ok(
+            match state
+                .groups
+                .iter()
+                .find(|group| !group.has_room(placed(keys, first)))
+            {
+                Some(full) => Err((Arc::clone(full), append)),
+                None => Ok(append(self, &mut state)),
+            },
+        )
+    }
+
+    /// Retains the events and hands them to every group; their offsets
+    /// were assigned from `next_offset`, under the same lock.
+    fn append(&self, state: &mut State<E>, events: &[Event<E>]) {
         state.next_offset += events.len() as u64;
         let retain = self.inner.options.retain;
         if retain > 0 {
@@ -203,9 +248,8 @@ impl<E: Send + Sync + 'static> Topic<E> {
             state.retained.drain(..excess);
         }
         for group in &state.groups {
-            group.push(&events);
+            group.push(events);
         }
-        first..state.next_offset
     }
 
     /// Starts configuring a subscription group named `name`: every group

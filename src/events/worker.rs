@@ -7,63 +7,68 @@ use std::sync::Arc;
 
 use super::dead_letter::DeadLetter;
 use super::event::Event;
-use super::group::Group;
+use super::group::{Backpressure, Group};
 use super::handler::{attempt, Attempt, Handler};
 use super::stats::GroupCounters;
 
 /// Runs until the group is closed and the worker's buffer is empty.
 pub(super) async fn run<E, H>(group: Arc<Group<E>>, index: usize, handler: Arc<H>)
 where
-    E: Send + Sync + 'static,
+    E: Clone + Send + Sync + 'static,
     H: Handler<E>,
 {
     let partition = &group.partitions[index];
     let mut batch = Vec::new();
     loop {
-        {
-            let mut queue = partition.lock();
-            batch.extend(queue.drain(..));
-        }
+        partition.take_all(&mut batch);
         if batch.is_empty() {
             if group.closed.load(Ordering::Acquire) {
                 return;
             }
+            // Parks at once: polling an empty buffer again (yielding to
+            // other tasks first) measured slower with several groups, whose
+            // workers then take the cores the publisher needs.
             partition.wake.notified().await;
             continue;
         }
-        group.room.notify_waiters();
-        let taken = batch.len() as u64;
-        GroupCounters::add(&group.counters.in_flight, taken);
-        for event in batch.drain(..) {
-            deliver(&group, &*handler, event).await;
-            GroupCounters::sub(&group.counters.in_flight, 1);
-            group.finished(1);
+        if group.backpressure == Backpressure::Block
+            && group.room_waiters.load(Ordering::SeqCst) > 0
+        {
+            group.room.notify_waiters();
         }
+        let taken = batch.len() as u64;
+        GroupCounters::add(&group.counters.worker.in_flight, taken);
+        let mut delivered = 0;
+        for event in batch.drain(..) {
+            delivered += u64::from(deliver(&group, &*handler, event).await);
+        }
+        // Counted per batch: one update of each shared counter, not one
+        // per event.
+        GroupCounters::add(&group.counters.worker.delivered, delivered);
+        GroupCounters::sub(&group.counters.worker.in_flight, taken);
+        group.finished(taken);
     }
 }
 
 /// Handles one event: parked behind its key's dead letter, handled
-/// (perhaps after retries), or dead-lettered.
-async fn deliver<E, H>(group: &Group<E>, handler: &H, event: Event<E>)
+/// (perhaps after retries: `true`), or dead-lettered.
+async fn deliver<E, H>(group: &Group<E>, handler: &H, event: Event<E>) -> bool
 where
-    E: Send + Sync + 'static,
+    E: Clone + Send + Sync + 'static,
     H: Handler<E>,
 {
     let Some(event) = group.dead.park_if_behind(event) else {
-        GroupCounters::add(&group.counters.dead_lettered, 1);
-        return;
+        GroupCounters::add(&group.counters.worker.dead_lettered, 1);
+        return false;
     };
     let mut attempts = 0u32;
     loop {
         attempts += 1;
         let error = match attempt(handler, event.clone()).await {
-            Attempt::Handled => {
-                GroupCounters::add(&group.counters.delivered, 1);
-                return;
-            }
+            Attempt::Handled => return true,
             Attempt::Failed(error) => error,
             Attempt::Panicked(error) => {
-                GroupCounters::add(&group.counters.panicked, 1);
+                GroupCounters::add(&group.counters.worker.panicked, 1);
                 error
             }
         };
@@ -80,10 +85,10 @@ where
                 error,
                 attempts,
             });
-            GroupCounters::add(&group.counters.dead_lettered, 1);
-            return;
+            GroupCounters::add(&group.counters.worker.dead_lettered, 1);
+            return false;
         }
-        GroupCounters::add(&group.counters.retried, 1);
+        GroupCounters::add(&group.counters.worker.retried, 1);
         tokio::time::sleep(group.retry.backoff(attempts)).await;
     }
 }
