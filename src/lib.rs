@@ -6,11 +6,11 @@
 //! | level of the playbook | scalekit |
 //! |---|---|
 //! | one database | a [`Store`] backend: [`MemoryStore`], [`SqliteStore`](store::SqliteStore) (embedded default), [`PostgresStore`](store::PostgresStore) |
-//! | add caching | [`cache::ReadThrough`] and [`cache::WriteThrough`] over any store, with a pluggable [`cache::CacheTier`]; write-behind *(coming)* |
+//! | add caching | [`cache::ReadThrough`] and [`cache::WriteThrough`] over any store, with a pluggable [`cache::CacheTier`]; [`cache::WriteBehind`], optionally journalled |
 //! | read replicas | replica routing: lag- and load-aware, read-your-writes *(coming)* |
 //! | sharding | hash, range and directory routing, online resharding *(coming)* |
 //! | CQRS | command and query buses, projections *(coming)* |
-//! | event-driven | an in-process event bus with a broker bridge *(coming)* |
+//! | event-driven | [`events::EventBus`]: typed topics, groups, per-key order, retries, dead letters, backpressure; [`events::Publishing`] turns a store's writes into events; a broker bridge *(coming)* |
 //!
 //! ## The one idea: everything is a `Store`
 //!

@@ -71,7 +71,12 @@ pub struct Event<E> {
 }
 
 impl<E> Event<E> {
-    pub(crate) fn new(payload: E, key: Option<EventKey>, offset: u64, timestamp: SystemTime) -> Self {
+    pub(crate) fn new(
+        payload: E,
+        key: Option<EventKey>,
+        offset: u64,
+        timestamp: SystemTime,
+    ) -> Self {
         Event {
             payload,
             key,
