@@ -106,13 +106,15 @@ impl<E> Partition<E> {
         self.len.load(Ordering::SeqCst)
     }
 
-    /// Moves every queued event to `batch` (the worker's side).
-    pub(super) fn take_all(&self, batch: &mut Vec<Event<E>>) {
+    /// Swaps every queued event into `batch`, which must be empty (the
+    /// worker's side): the lock is held for a swap of two deques, not for
+    /// a copy of the events.
+    pub(super) fn take_all(&self, batch: &mut VecDeque<Event<E>>) {
         if self.len() == 0 {
             return; // no lock taken: an idle worker leaves the publisher's lock alone
         }
         let mut queue = self.lock();
-        batch.extend(queue.drain(..));
+        std::mem::swap(&mut *queue, batch);
         // Sequentially consistent, with the load of `room_waiters` that
         // follows: a publisher about to wait for room sees the room, or is
         // seen waiting.
@@ -212,8 +214,9 @@ impl<E: Clone + Send + Sync + 'static> Group<E> {
                 run_end += 1;
             }
             let partition = &self.partitions[index];
-            {
+            let was_empty = {
                 let mut queue = partition.lock();
+                let was_empty = queue.is_empty();
                 for event in &events[run_start..run_end] {
                     if self.backpressure == Backpressure::DropOldest && queue.len() >= self.capacity
                     {
@@ -223,8 +226,14 @@ impl<E: Clone + Send + Sync + 'static> Group<E> {
                     queue.push_back(event.clone());
                 }
                 partition.len.store(queue.len(), Ordering::Release);
+                was_empty
+            };
+            // A worker parks only after finding its buffer empty, so only
+            // the push that ends the emptiness needs to wake it; events
+            // pushed behind others are taken with them.
+            if was_empty {
+                partition.wake.notify_one();
             }
-            partition.wake.notify_one();
             run_start = run_end;
         }
         if dropped > 0 {

@@ -18,7 +18,7 @@ where
     H: Handler<E>,
 {
     let partition = &group.partitions[index];
-    let mut batch = Vec::new();
+    let mut batch = std::collections::VecDeque::new();
     loop {
         partition.take_all(&mut batch);
         if batch.is_empty() {
