@@ -59,12 +59,12 @@
 //! one worker, publish-to-handled throughput against
 //! `tokio::sync::broadcast` (one receiver task per group), medians of
 //! three runs: publishing in batches of 256 (`publish_batch`), the bus
-//! runs at **2.3×** broadcast's throughput with one group and **1.14×**
-//! with four (and beats crossbeam channels at four groups); publishing
-//! one event per call, at **0.41×** with one group and **0.22×** with
-//! four. Every single publish hands the event to each group's worker and
-//! usually wakes it; per-group buffers cost that once per group, where
-//! broadcast shares one ring among its receivers.
+//! runs at **3.5×** broadcast's throughput with one group and **1.22×**
+//! with four (and at 1.9× crossbeam channels with four); publishing one
+//! event per call, at **0.57×** with one group and **0.25×** with four.
+//! A single publish hands the event to each group's worker and usually
+//! wakes it: per-group buffers pay that once per group, where broadcast
+//! shares one ring among its receivers.
 
 mod bus;
 mod dead_letter;
