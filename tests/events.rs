@@ -477,6 +477,61 @@ async fn publishing_publishes_each_successful_write_and_nothing_for_a_failed_one
     )))
     .await;
     bus.shutdown().await;
+    // A write the store took but the bus could not publish is an error to
+    // its caller, not a silent gap in the events.
+    let unpublished = layer.put(9, "nine".into()).await.unwrap_err();
+    assert!(
+        matches!(unpublished.kind(), ErrorKind::Unavailable { .. }),
+        "{unpublished}"
+    );
+    assert_eq!(layer.get(&9).await.unwrap(), Some("nine".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_waiting_for_room_is_refused_at_shutdown_and_the_rest_is_drained() {
+    let bus = EventBus::new();
+    let topic = bus.topic::<u64>("stuck").unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let seen: Seen = Arc::default();
+    let (open, record) = (Arc::clone(&gate), Arc::clone(&seen));
+    let group = topic
+        .group("stuck")
+        .buffer(1, Backpressure::Block)
+        .subscribe(move |event: Event<u64>| {
+            let (open, record) = (Arc::clone(&open), Arc::clone(&record));
+            async move {
+                open.acquire().await?.forget();
+                record.lock().unwrap().push(*event.payload());
+                Ok(())
+            }
+        })
+        .unwrap();
+    topic.publish(0).await.unwrap();
+    eventually(|| group.stats().in_flight == 1).await;
+    topic.publish(1).await.unwrap(); // fills the buffer
+    let waiting = {
+        let topic = topic.clone();
+        tokio::spawn(async move { topic.publish(2).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!waiting.is_finished(), "waits for room");
+    let shutdown = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.shutdown().await })
+    };
+    let refused = waiting.await.unwrap().unwrap_err();
+    assert!(
+        matches!(refused.kind(), ErrorKind::Unavailable { .. }),
+        "{refused}"
+    );
+    gate.add_permits(10);
+    shutdown.await.unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![0, 1],
+        "what was accepted is handled"
+    );
+    assert_eq!(topic.stats().published, 2);
 }
 
 /// One run of the ordering property: `publishers` tasks publish keyed

@@ -414,7 +414,8 @@ impl Drop for Watching<'_> {
 }
 
 /// A running subscription group: its stats, its dead-letter queue, and a
-/// way to wait until it has caught up.
+/// way to wait until it has caught up. Dropping the handle does not stop
+/// the group; [`EventBus::shutdown`](super::EventBus::shutdown) does.
 pub struct Subscription<E> {
     group: Arc<Group<E>>,
 }
