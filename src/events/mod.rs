@@ -58,10 +58,10 @@
 //! `cargo bench --bench event_bus`, one publisher, small events, groups of
 //! one worker, publish-to-handled throughput against
 //! `tokio::sync::broadcast` (one receiver task per group), medians of
-//! three runs: publishing in batches of 256 (`publish_batch`), the bus
-//! runs at **3.5×** broadcast's throughput with one group and **1.22×**
-//! with four (and at 1.9× crossbeam channels with four); publishing one
-//! event per call, at **0.57×** with one group and **0.25×** with four.
+//! runs: publishing in batches of 256 (`publish_batch`), the bus runs at
+//! **3.6×** broadcast's throughput with one group and **1.15×** with four
+//! (and at 1.7× crossbeam channels with four); publishing one event per
+//! call, at **0.56×** with one group and **0.37×** with four.
 //! A single publish hands the event to each group's worker and usually
 //! wakes it: per-group buffers pay that once per group, where broadcast
 //! shares one ring among its receivers.

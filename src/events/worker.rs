@@ -29,6 +29,10 @@ where
             // other tasks first) measured slower with several groups, whose
             // workers then take the cores the publisher needs.
             partition.wake.notified().await;
+            // Woken by the first event after a quiet spell: let the
+            // publisher add a few more before taking them, so that one
+            // wake-up serves several events.
+            tokio::task::yield_now().await;
             continue;
         }
         if group.backpressure == Backpressure::Block
