@@ -25,9 +25,9 @@ where
             if group.closed.load(Ordering::Acquire) {
                 return;
             }
-            // Parks at once: polling an empty buffer again (yielding to
-            // other tasks first) measured slower with several groups, whose
-            // workers then take the cores the publisher needs.
+            // Parks at once: polling an empty buffer again before parking
+            // measured slower with several groups, whose workers then take
+            // the cores the publisher needs.
             partition.wake.notified().await;
             // Woken by the first event after a quiet spell: let the
             // publisher add a few more before taking them, so that one
