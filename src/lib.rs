@@ -10,7 +10,7 @@
 //! | read replicas | replica routing: lag- and load-aware, read-your-writes *(coming)* |
 //! | sharding | hash, range and directory routing, online resharding *(coming)* |
 //! | CQRS | command and query buses, projections *(coming)* |
-//! | event-driven | [`events::EventBus`]: typed topics, groups, per-key order, retries, dead letters, backpressure; [`events::Publishing`] turns a store's writes into events; a broker bridge *(coming)* |
+//! | event-driven | [`events::EventBus`]: typed topics, groups, per-key order, retries, dead letters, backpressure; [`events::Publishing`] turns a store's writes into events; topics shared between processes over NATS JetStream (feature `nats`) |
 //!
 //! ## The one idea: everything is a `Store`
 //!
@@ -57,6 +57,7 @@
 //! | `redis` | no | `cache::RedisTier` (a cache tier shared by many processes) and `cache::RedisInvalidation` (coherent in-process tiers across processes) |
 //! | `quick-cache` | no | `cache::QuickCacheTier`, an in-process cache tier on quick_cache (the default [`cache::MemoryTier`] needs no feature) |
 //! | `serde` | no | [`codec::JsonEncoded`] for any serde type; serde for [`Position`] |
+//! | `nats` | no | `events::nats::NatsTopic`: event topics on NATS JetStream, shared by many processes |
 //! | `testing` | no | `scalekit::testing`: conformance suite, model test, `FaultyStore` |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // Unsafe code is denied everywhere but one audited place: mapping the

@@ -43,6 +43,9 @@ impl<E> fmt::Debug for DeadLetter<E> {
     }
 }
 
+/// Told of each event its group dead-letters.
+pub(super) type DeadLetterFn<E> = dyn Fn(&DeadLetter<E>) + Send + Sync;
+
 /// What [`Subscription::replay_dead_letters`](super::Subscription::replay_dead_letters) did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -106,7 +109,11 @@ impl<E> DeadLetters<E> {
     /// Parks `event` behind the letters of its key, if it has any; gives
     /// it back otherwise. Checked and parked under one lock, so an event
     /// never overtakes a dead letter of its key.
-    pub(super) fn park_if_behind(&self, event: Event<E>) -> Option<Event<E>> {
+    pub(super) fn park_if_behind(
+        &self,
+        event: Event<E>,
+        hook: Option<&DeadLetterFn<E>>,
+    ) -> Option<Event<E>> {
         if self.parked_keys.load(Ordering::Relaxed) == 0 {
             return Some(event);
         }
@@ -119,11 +126,15 @@ impl<E> DeadLetters<E> {
         };
         *count += 1;
         let error: BoxError = std::sync::Arc::new(Parked);
-        letters.queue.push_back(DeadLetter {
+        let letter = DeadLetter {
             event,
             error,
             attempts: 0,
-        });
+        };
+        if let Some(hook) = hook {
+            hook(&letter);
+        }
+        letters.queue.push_back(letter);
         None
     }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::dead_letter::{DeadLetter, DeadLetters, ReplayReport};
+use super::dead_letter::{DeadLetter, DeadLetterFn, DeadLetters, ReplayReport};
 use super::event::{Event, EventKey};
 use super::handler::{attempt, Attempt, Handler};
 use super::stats::{GroupCounters, GroupStats};
@@ -122,6 +122,10 @@ impl<E> Partition<E> {
     }
 }
 
+/// Told of each event the group dead-letters (a broker bridge settles the
+/// broker's copy of it there).
+pub(super) type DeadLetterHook<E> = Arc<DeadLetterFn<E>>;
+
 /// Replays one dead letter through the group's handler.
 type Replayer<E> =
     Box<dyn Fn(Event<E>) -> Pin<Box<dyn Future<Output = Attempt> + Send>> + Send + Sync>;
@@ -143,6 +147,7 @@ pub(super) struct Group<E> {
     pub(super) closed: AtomicBool,
     pub(super) counters: GroupCounters,
     pub(super) dead: DeadLetters<E>,
+    pub(super) on_dead_letter: Option<DeadLetterHook<E>>,
     replayer: Replayer<E>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -278,6 +283,7 @@ pub struct GroupBuilder<E> {
     backpressure: Backpressure,
     retry: RetryPolicy,
     start: StartFrom,
+    on_dead_letter: Option<DeadLetterHook<E>>,
 }
 
 impl<E> fmt::Debug for GroupBuilder<E> {
@@ -303,7 +309,14 @@ impl<E: Clone + Send + Sync + 'static> GroupBuilder<E> {
             backpressure: Backpressure::Block,
             retry: RetryPolicy::default(),
             start: StartFrom::Latest,
+            on_dead_letter: None,
         }
+    }
+
+    #[cfg(feature = "nats")]
+    pub(super) fn on_dead_letter(mut self, hook: DeadLetterHook<E>) -> Self {
+        self.on_dead_letter = Some(hook);
+        self
     }
 
     /// Workers that handle the group's events concurrently (default 1).
@@ -380,6 +393,7 @@ impl<E: Clone + Send + Sync + 'static> GroupBuilder<E> {
             closed: AtomicBool::new(false),
             counters: GroupCounters::default(),
             dead: DeadLetters::new(),
+            on_dead_letter: self.on_dead_letter,
             replayer,
             workers: Mutex::new(Vec::new()),
         });

@@ -72,6 +72,8 @@ mod dead_letter;
 mod event;
 mod group;
 mod handler;
+#[cfg(feature = "nats")]
+pub mod nats;
 mod publishing;
 mod stats;
 mod topic;

@@ -61,9 +61,15 @@ where
     E: Clone + Send + Sync + 'static,
     H: Handler<E>,
 {
-    let Some(event) = group.dead.park_if_behind(event) else {
-        GroupCounters::add(&group.counters.worker.dead_lettered, 1);
-        return false;
+    let event = match group
+        .dead
+        .park_if_behind(event, group.on_dead_letter.as_deref())
+    {
+        Some(event) => event,
+        None => {
+            GroupCounters::add(&group.counters.worker.dead_lettered, 1);
+            return false;
+        }
     };
     let mut attempts = 0u32;
     loop {
@@ -84,11 +90,15 @@ where
                 %error,
                 "event dead-lettered"
             );
-            group.dead.push(DeadLetter {
+            let letter = DeadLetter {
                 event,
                 error,
                 attempts,
-            });
+            };
+            if let Some(hook) = &group.on_dead_letter {
+                hook(&letter);
+            }
+            group.dead.push(letter);
             GroupCounters::add(&group.counters.worker.dead_lettered, 1);
             return false;
         }

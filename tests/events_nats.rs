@@ -1,0 +1,241 @@
+//! Event topics on NATS JetStream (feature `nats`, against the server on
+//! 127.0.0.1:4222 that `.ci/run` starts): fan-out to durable groups,
+//! sharing across connections, ack only after success, dead letters
+//! terminated, redelivery of what a dead subscriber never settled.
+
+#![cfg(feature = "nats")]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use scalekit::events::nats::NatsTopic;
+use scalekit::events::{Event, RetryPolicy};
+use scalekit::ErrorKind;
+
+fn url() -> String {
+    std::env::var("SCALEKIT_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_string())
+}
+
+fn name(purpose: &str) -> String {
+    common::unique_name(purpose, '_')
+}
+
+fn fast_retries(max_retries: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_retries,
+        base_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(4),
+    }
+}
+
+type Seen = Arc<Mutex<Vec<(u64, String)>>>;
+
+fn recorder(
+    seen: &Seen,
+) -> impl Fn(Event<String>) -> std::future::Ready<Result<(), scalekit::events::HandlerError>>
+       + Send
+       + Sync
+       + 'static {
+    let seen = Arc::clone(seen);
+    move |event: Event<String>| {
+        seen.lock()
+            .unwrap()
+            .push((event.offset(), event.payload().clone()));
+        std::future::ready(Ok(()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_durable_group_gets_every_event_in_order_and_acknowledges_it() {
+    let topic = NatsTopic::<String>::connect(&url(), &name("fanout"))
+        .await
+        .unwrap();
+    for n in 0..20u64 {
+        let offset = topic.publish_keyed("k", format!("e{n}")).await.unwrap();
+        assert_eq!(offset, n);
+    }
+    let (a, b): (Seen, Seen) = Default::default();
+    let first = topic.group("a").subscribe(recorder(&a)).await.unwrap();
+    let second = topic
+        .group("b")
+        .workers(3)
+        .subscribe(recorder(&b))
+        .await
+        .unwrap();
+    first.caught_up().await.unwrap();
+    second.caught_up().await.unwrap();
+    let expected: Vec<(u64, String)> = (0..20).map(|n| (n, format!("e{n}"))).collect();
+    assert_eq!(*a.lock().unwrap(), expected, "one key: in publish order");
+    assert_eq!(*b.lock().unwrap(), expected, "one key stays on one worker");
+    assert_eq!(first.stats().delivered, 20);
+    first.shutdown().await;
+    second.shutdown().await;
+    topic.delete().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_share_a_topic_and_a_group_takes_each_event_once_across_them() {
+    let stream = name("shared");
+    let publisher = NatsTopic::<String>::connect(&url(), &stream).await.unwrap();
+    let (one, two) = (
+        NatsTopic::<String>::connect(&url(), &stream).await.unwrap(),
+        NatsTopic::<String>::connect(&url(), &stream).await.unwrap(),
+    );
+    let (a, b): (Seen, Seen) = Default::default();
+    let left = one.group("workers").subscribe(recorder(&a)).await.unwrap();
+    let right = two.group("workers").subscribe(recorder(&b)).await.unwrap();
+    for n in 0..200u64 {
+        publisher.publish(format!("e{n}")).await.unwrap();
+    }
+    left.caught_up().await.unwrap();
+    right.caught_up().await.unwrap();
+    let mut all: Vec<u64> = a
+        .lock()
+        .unwrap()
+        .iter()
+        .chain(b.lock().unwrap().iter())
+        .map(|(offset, _)| *offset)
+        .collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..200).collect::<Vec<_>>(),
+        "each event once, across both"
+    );
+    left.shutdown().await;
+    right.shutdown().await;
+    publisher.delete().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_event_is_retried_then_dead_lettered_and_not_redelivered() {
+    let topic = NatsTopic::<String>::connect(&url(), &name("dlq"))
+        .await
+        .unwrap();
+    let attempts = Arc::new(AtomicU64::new(0));
+    let handled: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let (count, done) = (Arc::clone(&attempts), Arc::clone(&handled));
+    let group = topic
+        .group("g")
+        .retries(fast_retries(2))
+        .ack_wait(Duration::from_secs(1))
+        .subscribe(move |event: Event<String>| {
+            let (count, done) = (Arc::clone(&count), Arc::clone(&done));
+            async move {
+                if event.payload() == "poison" {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    return Err("cannot handle poison".into());
+                }
+                done.lock().unwrap().insert(event.payload().clone());
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    topic
+        .publish_keyed("bad", "poison".to_string())
+        .await
+        .unwrap();
+    topic
+        .publish_keyed("bad", "after".to_string())
+        .await
+        .unwrap();
+    topic
+        .publish_keyed("good", "fine".to_string())
+        .await
+        .unwrap();
+    group.caught_up().await.unwrap();
+    let letters = group.dead_letters();
+    let payloads: Vec<&str> = letters.iter().map(|l| l.event.payload().as_str()).collect();
+    assert_eq!(
+        payloads,
+        vec!["poison", "after"],
+        "the later event of its key parks behind it"
+    );
+    assert_eq!(letters[0].attempts, 3);
+    assert_eq!(
+        *handled.lock().unwrap(),
+        BTreeSet::from(["fine".to_string()])
+    );
+    // Terminated, so JetStream does not hand them out again.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    group.caught_up().await.unwrap();
+    assert_eq!(
+        attempts.load(Ordering::Relaxed),
+        3,
+        "no redelivery of a dead letter"
+    );
+    group.shutdown().await;
+    topic.delete().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_dead_subscriber_never_settled_is_redelivered_to_its_group() {
+    let topic = NatsTopic::<String>::connect(&url(), &name("redeliver"))
+        .await
+        .unwrap();
+    for n in 0..5u64 {
+        topic.publish(format!("e{n}")).await.unwrap();
+    }
+    // A subscriber that takes events and never finishes them, then dies.
+    let stuck = topic
+        .group("g")
+        .ack_wait(Duration::from_secs(1))
+        .subscribe(|_: Event<String>| {
+            std::future::pending::<Result<(), scalekit::events::HandlerError>>()
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(stuck);
+    let seen: Seen = Arc::default();
+    let heir = topic
+        .group("g")
+        .ack_wait(Duration::from_secs(1))
+        .subscribe(recorder(&seen))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while seen.lock().unwrap().len() < 5 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the unsettled events come back");
+    let offsets: BTreeSet<u64> = seen.lock().unwrap().iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (0..5).collect::<BTreeSet<_>>());
+    heir.shutdown().await;
+    topic.delete().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_names_and_an_unreachable_server_are_typed_errors() {
+    let bad = NatsTopic::<String>::connect(&url(), "has.dots")
+        .await
+        .unwrap_err();
+    assert!(matches!(bad.kind(), ErrorKind::Config { .. }), "{bad}");
+    let topic = NatsTopic::<String>::connect(&url(), &name("names"))
+        .await
+        .unwrap();
+    let bad_group = topic
+        .group("a b")
+        .subscribe(|_: Event<String>| async { Ok(()) })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(bad_group.kind(), ErrorKind::Config { .. }),
+        "{bad_group}"
+    );
+    topic.delete().await.unwrap();
+    let down = NatsTopic::<String>::connect("nats://127.0.0.1:1", "x")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(down.kind(), ErrorKind::Unavailable { .. }),
+        "{down}"
+    );
+}
