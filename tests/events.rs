@@ -421,6 +421,19 @@ async fn bad_configurations_are_config_errors() {
     bus.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_conformance_suite_passes_in_process() {
+    let bus = EventBus::new();
+    let mut n = 0;
+    scalekit::testing::event_conformance::run_all(|| {
+        n += 1;
+        let topic = bus.topic::<String>(&format!("suite-{n}")).unwrap();
+        async move { topic }
+    })
+    .await;
+    bus.shutdown().await;
+}
+
 #[test]
 fn subscribing_outside_a_runtime_is_a_config_error() {
     let bus = EventBus::new();

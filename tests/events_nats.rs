@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use scalekit::events::nats::NatsTopic;
 use scalekit::events::{Event, RetryPolicy};
+use scalekit::testing::event_conformance;
 use scalekit::ErrorKind;
 
 fn url() -> String {
@@ -238,4 +239,25 @@ async fn bad_names_and_an_unreachable_server_are_typed_errors() {
         matches!(down.kind(), ErrorKind::Unavailable { .. }),
         "{down}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_conformance_suite_passes_on_jetstream() {
+    let topic = || async {
+        NatsTopic::<String>::connect(&url(), &name("suite"))
+            .await
+            .unwrap()
+    };
+    let t = topic().await;
+    event_conformance::every_group_gets_every_event(&t).await;
+    t.delete().await.unwrap();
+    let t = topic().await;
+    event_conformance::per_key_order_holds_with_several_workers(&t).await;
+    t.delete().await.unwrap();
+    let t = topic().await;
+    event_conformance::failures_are_retried_then_dead_lettered_in_key_order(&t).await;
+    t.delete().await.unwrap();
+    let t = topic().await;
+    event_conformance::a_panicking_handler_is_a_failure_not_a_crash(&t).await;
+    t.delete().await.unwrap();
 }

@@ -471,3 +471,45 @@ impl<E> Drop for NatsSubscription<E> {
         self.pump.abort();
     }
 }
+
+#[cfg(feature = "testing")]
+impl crate::testing::event_conformance::TopicUnderTest for NatsTopic<String> {
+    type Group = NatsSubscription<String>;
+
+    fn publish_keyed(
+        &self,
+        key: &str,
+        payload: String,
+    ) -> impl std::future::Future<Output = Result<u64>> + Send {
+        NatsTopic::publish_keyed(self, key, payload)
+    }
+
+    async fn subscribe<H: Handler<String>>(
+        &self,
+        name: &str,
+        workers: usize,
+        retry: RetryPolicy,
+        handler: H,
+    ) -> Result<Self::Group> {
+        self.group(name)
+            .workers(workers)
+            .retries(retry)
+            .subscribe(handler)
+            .await
+    }
+
+    async fn caught_up(group: &Self::Group) {
+        group
+            .caught_up()
+            .await
+            .expect("the consumer's state can be read");
+    }
+
+    fn dead_letters(group: &Self::Group) -> Vec<DeadLetter<String>> {
+        group.dead_letters()
+    }
+
+    fn stats(group: &Self::Group) -> GroupStats {
+        group.stats()
+    }
+}

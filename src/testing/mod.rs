@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`conformance`] | each promise of the [store contract](crate::store#contract), one async function each; [`conformance::run_all`] runs them all |
 //! | [`ModelTest`] | random operation sequences (with injected faults, if you wrap the store in a [`FaultyStore`]) against a `HashMap` model, shrunk to a minimal failing sequence |
+//! | [`event_conformance`] | each promise of the [event bus](crate::events), against any topic backend (in-process, NATS) |
 //! | [`FaultyStore`] | a wrapper that adds latency, fails calls on a schedule or at random from a seed, and counts calls per operation |
 //!
 //! Every backend and every layer in scalekit runs the whole suite and the
@@ -30,6 +31,7 @@
 //! bytes and integers.
 
 pub mod conformance;
+pub mod event_conformance;
 mod faulty;
 mod model;
 mod sample;
