@@ -73,6 +73,8 @@ async fn every_durable_group_gets_every_event_in_order_and_acknowledges_it() {
     assert_eq!(*a.lock().unwrap(), expected, "one key: in publish order");
     assert_eq!(*b.lock().unwrap(), expected, "one key stays on one worker");
     assert_eq!(first.stats().delivered, 20);
+    let stats = topic.stats().await.unwrap();
+    assert_eq!((stats.published, stats.retained, stats.groups), (20, 20, 2));
     first.shutdown().await;
     second.shutdown().await;
     topic.delete().await.unwrap();

@@ -31,7 +31,7 @@ use super::dead_letter::DeadLetter;
 use super::event::{Event, EventKey};
 use super::group::{Backpressure, RetryPolicy, StartFrom, Subscription};
 use super::handler::{Handler, HandlerError};
-use super::stats::GroupStats;
+use super::stats::{GroupStats, TopicStats};
 use super::EventBus;
 use crate::codec::Codec;
 use crate::{Error, Result};
@@ -171,6 +171,26 @@ impl<E: Codec + Clone + Send + Sync + 'static> NatsTopic<E> {
             .await
             .map_err(|e| unavailable("JetStream did not confirm the event", e))?;
         Ok(ack.sequence.saturating_sub(1))
+    }
+
+    /// The topic's counters, read from the stream: events published, events
+    /// the stream holds, and groups (durable consumers).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) if the
+    /// stream's state cannot be read.
+    pub async fn stats(&self) -> Result<TopicStats> {
+        let info = self
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| unavailable("cannot read the stream's state", e))?;
+        Ok(TopicStats {
+            published: info.state.last_sequence,
+            retained: info.state.messages,
+            groups: info.state.consumer_count as u64,
+        })
     }
 
     /// Starts configuring the subscription group `name` (a durable
