@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use scalekit::events::nats::NatsTopic;
-use scalekit::events::{Event, RetryPolicy};
+use scalekit::events::{Change, Event, Publishing, RetryPolicy};
 use scalekit::testing::event_conformance;
 use scalekit::ErrorKind;
+use scalekit::{MemoryStore, Store};
 
 fn url() -> String {
     std::env::var("SCALEKIT_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_string())
@@ -34,6 +35,7 @@ fn fast_retries(max_retries: u32) -> RetryPolicy {
 }
 
 type Seen = Arc<Mutex<Vec<(u64, String)>>>;
+type Changes = Arc<Mutex<Vec<(u64, Option<String>)>>>;
 
 fn recorder(
     seen: &Seen,
@@ -262,4 +264,45 @@ async fn the_event_conformance_suite_passes_on_jetstream() {
     let t = topic().await;
     event_conformance::a_panicking_handler_is_a_failure_not_a_crash(&t).await;
     t.delete().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stores_changes_reach_another_process_through_jetstream() {
+    let stream = name("changes");
+    let writer_side = NatsTopic::<Change<u64, String>>::connect(&url(), &stream)
+        .await
+        .unwrap();
+    let reader_side = NatsTopic::<Change<u64, String>>::connect(&url(), &stream)
+        .await
+        .unwrap();
+    let users = Publishing::new(MemoryStore::<u64, String>::new(), writer_side);
+    let seen: Changes = Arc::default();
+    let record = Arc::clone(&seen);
+    let search = reader_side
+        .group("search")
+        .subscribe(move |event: Event<Change<u64, String>>| {
+            let record = Arc::clone(&record);
+            async move {
+                let change = event.into_payload();
+                record.lock().unwrap().push((change.key, change.value));
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    users.put(1, "ada".into()).await.unwrap();
+    users.put(1, "ada lovelace".into()).await.unwrap();
+    users.delete(&1).await.unwrap();
+    search.caught_up().await.unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            (1, Some("ada".to_string())),
+            (1, Some("ada lovelace".to_string())),
+            (1, None)
+        ]
+    );
+    assert_eq!(users.get(&1).await.unwrap(), None);
+    search.shutdown().await;
+    reader_side.delete().await.unwrap();
 }

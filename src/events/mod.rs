@@ -84,6 +84,6 @@ pub use self::dead_letter::{DeadLetter, ReplayReport};
 pub use self::event::{Event, EventKey};
 pub use self::group::{Backpressure, GroupBuilder, RetryPolicy, StartFrom, Subscription};
 pub use self::handler::{Handler, HandlerError};
-pub use self::publishing::{Change, Publishing};
+pub use self::publishing::{Change, ChangeTopic, Publishing};
 pub use self::stats::{GroupStats, TopicStats};
 pub use self::topic::{Topic, TopicOptions};

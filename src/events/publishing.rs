@@ -2,10 +2,11 @@
 //! successful write.
 
 use std::fmt;
+use std::future::Future;
 
 use super::event::EventKey;
 use super::topic::Topic;
-use crate::codec::Codec;
+use crate::codec::{Codec, CodecError};
 use crate::store::{Store, Write};
 use crate::{CodecDirection, ErrorKind, Position, Result};
 
@@ -18,6 +19,104 @@ pub struct Change<K, V> {
     pub value: Option<V>,
     /// The store's position after the write that made the change.
     pub position: Position,
+}
+
+/// A change crosses to a broker as `[position: u64][key length: u32][key]
+/// [0 | 1][value]`, little-endian, key and value through their codecs.
+impl<K: Codec, V: Codec> Codec for Change<K, V> {
+    fn encode(&self, out: &mut Vec<u8>) -> std::result::Result<(), CodecError> {
+        out.extend_from_slice(&self.position.get().to_le_bytes());
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        self.key.encode(out)?;
+        let key_len =
+            u32::try_from(out.len() - at - 4).map_err(|_| "a change's key must be under 4 GiB")?;
+        out[at..at + 4].copy_from_slice(&key_len.to_le_bytes());
+        match &self.value {
+            Some(value) => {
+                out.push(1);
+                value.encode(out)?;
+            }
+            None => out.push(0),
+        }
+        Ok(())
+    }
+
+    fn decode(bytes: &[u8]) -> std::result::Result<Self, CodecError> {
+        let malformed = || CodecError::from("a malformed change");
+        let position = bytes.get(..8).ok_or_else(malformed)?;
+        let key_len = bytes.get(8..12).ok_or_else(malformed)?;
+        let key_len = u32::from_le_bytes([key_len[0], key_len[1], key_len[2], key_len[3]]) as usize;
+        let key = bytes.get(12..12 + key_len).ok_or_else(malformed)?;
+        let rest = &bytes[12 + key_len..];
+        let value = match rest.split_first() {
+            Some((1, value)) => Some(V::decode(value)?),
+            Some((0, [])) => None,
+            _ => return Err(malformed()),
+        };
+        Ok(Change {
+            key: K::decode(key)?,
+            value,
+            position: Position::new(u64::from_le_bytes([
+                position[0],
+                position[1],
+                position[2],
+                position[3],
+                position[4],
+                position[5],
+                position[6],
+                position[7],
+            ])),
+        })
+    }
+}
+
+/// Where [`Publishing`] sends its change events: an in-process
+/// [`Topic`], or (feature `nats`) a [`NatsTopic`](super::nats::NatsTopic)
+/// that other processes subscribe to.
+pub trait ChangeTopic<K, V>: Send + Sync + 'static {
+    /// Publishes the changes of one write, in order, each with its key.
+    fn publish_changes(
+        &self,
+        changes: Vec<(EventKey, Change<K, V>)>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The topic's name.
+    fn topic_name(&self) -> &str;
+}
+
+impl<K, V> ChangeTopic<K, V> for Topic<Change<K, V>>
+where
+    K: Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    async fn publish_changes(&self, changes: Vec<(EventKey, Change<K, V>)>) -> Result<()> {
+        self.publish_batch(changes.into_iter().map(|(key, change)| (Some(key), change)))
+            .await
+            .map(drop)
+    }
+
+    fn topic_name(&self) -> &str {
+        self.name()
+    }
+}
+
+#[cfg(feature = "nats")]
+impl<K, V> ChangeTopic<K, V> for super::nats::NatsTopic<Change<K, V>>
+where
+    K: Codec + Clone,
+    V: Codec + Clone,
+{
+    async fn publish_changes(&self, changes: Vec<(EventKey, Change<K, V>)>) -> Result<()> {
+        for (key, change) in changes {
+            self.publish_keyed(key, change).await?;
+        }
+        Ok(())
+    }
+
+    fn topic_name(&self) -> &str {
+        self.name()
+    }
 }
 
 /// A layer that, after each successful write to the store it wraps,
@@ -53,23 +152,23 @@ pub struct Change<K, V> {
 /// # bus.shutdown().await;
 /// # Ok::<(), scalekit::Error>(()) }).unwrap();
 /// ```
-pub struct Publishing<S: Store> {
+pub struct Publishing<S: Store, T = Topic<Change<<S as Store>::Key, <S as Store>::Value>>> {
     store: S,
-    topic: Topic<Change<S::Key, S::Value>>,
+    topic: T,
 }
 
-impl<S: Store> fmt::Debug for Publishing<S> {
+impl<S: Store, T: ChangeTopic<S::Key, S::Value>> fmt::Debug for Publishing<S, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Publishing")
             .field("store", &self.store)
-            .field("topic", &self.topic.name())
+            .field("topic", &self.topic.topic_name())
             .finish()
     }
 }
 
-impl<S: Store> Publishing<S> {
+impl<S: Store, T: ChangeTopic<S::Key, S::Value>> Publishing<S, T> {
     /// Wraps `store`, publishing its changes to `topic`.
-    pub fn new(store: S, topic: Topic<Change<S::Key, S::Value>>) -> Self {
+    pub fn new(store: S, topic: T) -> Self {
         Publishing { store, topic }
     }
 
@@ -79,7 +178,7 @@ impl<S: Store> Publishing<S> {
     }
 
     /// The topic changes go to.
-    pub fn topic(&self) -> &Topic<Change<S::Key, S::Value>> {
+    pub fn topic(&self) -> &T {
         &self.topic
     }
 }
@@ -94,7 +193,7 @@ fn event_key<K: Codec>(key: &K) -> Result<EventKey> {
     Ok(EventKey::from(bytes))
 }
 
-impl<S: Store> Publishing<S>
+impl<S: Store, T: ChangeTopic<S::Key, S::Value>> Publishing<S, T>
 where
     S::Key: Codec,
 {
@@ -125,20 +224,21 @@ where
             .zip(changes)
             .map(|(event_key, (key, value))| {
                 (
-                    Some(event_key),
+                    event_key,
                     Change {
                         key,
                         value,
                         position,
                     },
                 )
-            });
-        self.topic.publish_batch(events).await?;
+            })
+            .collect();
+        self.topic.publish_changes(events).await?;
         Ok(position)
     }
 }
 
-impl<S: Store> Store for Publishing<S>
+impl<S: Store, T: ChangeTopic<S::Key, S::Value>> Store for Publishing<S, T>
 where
     S::Key: Codec,
 {
@@ -167,5 +267,53 @@ where
             return self.store.write_batch(batch).await;
         }
         self.write_and_publish(batch).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_crosses_a_broker_and_back_and_bad_bytes_are_an_error() {
+        for change in [
+            Change {
+                key: 7u64,
+                value: Some("seven".to_string()),
+                position: Position::new(42),
+            },
+            Change {
+                key: 8u64,
+                value: None,
+                position: Position::new(43),
+            },
+        ] {
+            let mut bytes = Vec::new();
+            change.encode(&mut bytes).unwrap();
+            assert_eq!(Change::<u64, String>::decode(&bytes).unwrap(), change);
+            let flag_at = 8 + 4 + 8;
+            bytes[flag_at] = 2;
+            assert!(
+                Change::<u64, String>::decode(&bytes).is_err(),
+                "a bad value flag"
+            );
+        }
+        let mut delete = Vec::new();
+        Change::<u64, String> {
+            key: 1,
+            value: None,
+            position: Position::new(1),
+        }
+        .encode(&mut delete)
+        .unwrap();
+        delete.push(9);
+        assert!(
+            Change::<u64, String>::decode(&delete).is_err(),
+            "bytes after a delete"
+        );
+        assert!(
+            Change::<u64, String>::decode(&[1, 2, 3]).is_err(),
+            "too short"
+        );
     }
 }
