@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use scalekit::events::{
-    Backpressure, Change, Event, EventBus, Publishing, RetryPolicy, StartFrom, TopicOptions,
+    Backpressure, Change, Event, EventBus, Publishing, RetryPolicy, StartFrom, Subscription, Topic,
+    TopicOptions,
 };
 use scalekit::testing::FaultyStore;
 use scalekit::{ErrorKind, MemoryStore, Store, Write};
@@ -48,6 +49,32 @@ fn recorder(
         seen.lock().unwrap().push(*event.payload());
         std::future::ready(Ok(()))
     }
+}
+
+/// A group of one worker with a buffer of `capacity`, whose handler waits
+/// for a permit of the returned gate before it records each event.
+fn gated_group(
+    topic: &Topic<u64>,
+    name: &str,
+    capacity: usize,
+    when_full: Backpressure,
+) -> (Subscription<u64>, Arc<Semaphore>, Seen) {
+    let gate = Arc::new(Semaphore::new(0));
+    let seen: Seen = Arc::default();
+    let (open, record) = (Arc::clone(&gate), Arc::clone(&seen));
+    let group = topic
+        .group(name)
+        .buffer(capacity, when_full)
+        .subscribe(move |event: Event<u64>| {
+            let (open, record) = (Arc::clone(&open), Arc::clone(&record));
+            async move {
+                open.acquire().await?.forget();
+                record.lock().unwrap().push(*event.payload());
+                Ok(())
+            }
+        })
+        .unwrap();
+    (group, gate, seen)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,21 +266,7 @@ async fn later_events_of_a_dead_lettered_key_wait_behind_it_and_replay_in_order(
 async fn a_full_blocking_group_makes_the_publisher_wait_and_loses_nothing() {
     let bus = EventBus::new();
     let topic = bus.topic::<u64>("slow").unwrap();
-    let gate = Arc::new(Semaphore::new(0));
-    let seen: Seen = Arc::default();
-    let (open, record) = (Arc::clone(&gate), Arc::clone(&seen));
-    let group = topic
-        .group("slow")
-        .buffer(2, Backpressure::Block)
-        .subscribe(move |event: Event<u64>| {
-            let (open, record) = (Arc::clone(&open), Arc::clone(&record));
-            async move {
-                open.acquire().await?.forget();
-                record.lock().unwrap().push(*event.payload());
-                Ok(())
-            }
-        })
-        .unwrap();
+    let (group, gate, seen) = gated_group(&topic, "slow", 2, Backpressure::Block);
     topic.publish(0).await.unwrap();
     eventually(|| group.stats().in_flight == 1).await; // the worker holds event 0
     topic.publish(1).await.unwrap();
@@ -281,21 +294,7 @@ async fn a_full_blocking_group_makes_the_publisher_wait_and_loses_nothing() {
 async fn a_full_dropping_group_drops_the_oldest_and_counts_them() {
     let bus = EventBus::new();
     let topic = bus.topic::<u64>("lossy").unwrap();
-    let gate = Arc::new(Semaphore::new(0));
-    let seen: Seen = Arc::default();
-    let (open, record) = (Arc::clone(&gate), Arc::clone(&seen));
-    let group = topic
-        .group("lossy")
-        .buffer(2, Backpressure::DropOldest)
-        .subscribe(move |event: Event<u64>| {
-            let (open, record) = (Arc::clone(&open), Arc::clone(&record));
-            async move {
-                open.acquire().await?.forget();
-                record.lock().unwrap().push(*event.payload());
-                Ok(())
-            }
-        })
-        .unwrap();
+    let (group, gate, seen) = gated_group(&topic, "lossy", 2, Backpressure::DropOldest);
     topic.publish(0).await.unwrap();
     eventually(|| group.stats().in_flight == 1).await;
     for n in 1..10 {
@@ -504,21 +503,7 @@ async fn publishing_publishes_each_successful_write_and_nothing_for_a_failed_one
 async fn a_publisher_waiting_for_room_is_refused_at_shutdown_and_the_rest_is_drained() {
     let bus = EventBus::new();
     let topic = bus.topic::<u64>("stuck").unwrap();
-    let gate = Arc::new(Semaphore::new(0));
-    let seen: Seen = Arc::default();
-    let (open, record) = (Arc::clone(&gate), Arc::clone(&seen));
-    let group = topic
-        .group("stuck")
-        .buffer(1, Backpressure::Block)
-        .subscribe(move |event: Event<u64>| {
-            let (open, record) = (Arc::clone(&open), Arc::clone(&record));
-            async move {
-                open.acquire().await?.forget();
-                record.lock().unwrap().push(*event.payload());
-                Ok(())
-            }
-        })
-        .unwrap();
+    let (group, gate, seen) = gated_group(&topic, "stuck", 1, Backpressure::Block);
     topic.publish(0).await.unwrap();
     eventually(|| group.stats().in_flight == 1).await;
     topic.publish(1).await.unwrap(); // fills the buffer

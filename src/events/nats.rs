@@ -48,6 +48,22 @@ fn unavailable(reason: &str, error: impl std::error::Error + Send + Sync + 'stat
     .into()
 }
 
+/// JetStream's stream and consumer names: ASCII letters, digits, `-`, `_`.
+fn check_name(what: &str, name: &str) -> Result<()> {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::config(
+            COMPONENT,
+            format!("`{name}` is not a {what} name: use ASCII letters, digits, `-` and `_`"),
+        ))
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -91,16 +107,7 @@ impl<E: Codec + Clone + Send + Sync + 'static> NatsTopic<E> {
     /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) when NATS
     /// cannot be reached or JetStream refuses the stream.
     pub async fn connect(url: &str, name: &str) -> Result<Self> {
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(Error::config(
-                COMPONENT,
-                format!("`{name}` is not a topic name: use ASCII letters, digits, `-` and `_`"),
-            ));
-        }
+        check_name("topic", name)?;
         let client = async_nats::connect(url)
             .await
             .map_err(|e| unavailable("cannot connect to NATS", e))?;
@@ -292,20 +299,7 @@ impl<E: Codec + Clone + Send + Sync + 'static> NatsGroupBuilder<'_, E> {
     /// name; [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) if
     /// JetStream refuses the consumer.
     pub async fn subscribe<H: Handler<E>>(self, handler: H) -> Result<NatsSubscription<E>> {
-        if self.name.is_empty()
-            || !self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(Error::config(
-                COMPONENT,
-                format!(
-                    "`{}` is not a group name: use ASCII letters, digits, `-` and `_`",
-                    self.name
-                ),
-            ));
-        }
+        check_name("group", &self.name)?;
         // The group's in-process half: keyed workers, retries, dead letters.
         let local = EventBus::new();
         let handler = Arc::new(handler);
