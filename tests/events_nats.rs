@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use scalekit::events::nats::NatsTopic;
-use scalekit::events::{Change, Event, Publishing, RetryPolicy};
+use scalekit::events::{Change, Event, Publishing, RetryPolicy, StartFrom};
 use scalekit::testing::event_conformance;
 use scalekit::ErrorKind;
-use scalekit::{MemoryStore, Store};
+use scalekit::{MemoryStore, Store, Write};
 
 fn url() -> String {
     std::env::var("SCALEKIT_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_string())
@@ -293,16 +293,67 @@ async fn a_stores_changes_reach_another_process_through_jetstream() {
     users.put(1, "ada".into()).await.unwrap();
     users.put(1, "ada lovelace".into()).await.unwrap();
     users.delete(&1).await.unwrap();
+    users
+        .write_batch(vec![
+            Write::Put(2, "grace".into()),
+            Write::Put(3, "alan".into()),
+            Write::Delete(2),
+        ])
+        .await
+        .unwrap();
     search.caught_up().await.unwrap();
     assert_eq!(
         *seen.lock().unwrap(),
         vec![
             (1, Some("ada".to_string())),
             (1, Some("ada lovelace".to_string())),
-            (1, None)
-        ]
+            (1, None),
+            (2, Some("grace".to_string())),
+            (3, Some("alan".to_string())),
+            (2, None),
+        ],
+        "a batch's changes arrive in order"
     );
     assert_eq!(users.get(&1).await.unwrap(), None);
     search.shutdown().await;
     reader_side.delete().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_group_starts_from_the_earliest_event_or_only_the_next_ones() {
+    let topic = NatsTopic::<String>::connect(&url(), &name("start"))
+        .await
+        .unwrap();
+    let offsets = topic
+        .publish_batch((0..3).map(|n| (None, format!("old{n}"))))
+        .await
+        .unwrap();
+    assert_eq!(offsets, vec![0, 1, 2]);
+    let (early, late): (Seen, Seen) = Default::default();
+    let from_earliest = topic
+        .group("early")
+        .subscribe(recorder(&early))
+        .await
+        .unwrap();
+    let from_latest = topic
+        .group("late")
+        .start_from(StartFrom::Latest)
+        .subscribe(recorder(&late))
+        .await
+        .unwrap();
+    topic.publish("new".to_string()).await.unwrap();
+    from_earliest.caught_up().await.unwrap();
+    from_latest.caught_up().await.unwrap();
+    let payloads = |seen: &Seen| -> Vec<String> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .map(|(_, p)| p.clone())
+            .collect()
+    };
+    assert_eq!(payloads(&early), vec!["old0", "old1", "old2", "new"]);
+    assert_eq!(payloads(&late), vec!["new"]);
+    from_earliest.shutdown().await;
+    from_latest.shutdown().await;
+    topic.delete().await.unwrap();
 }

@@ -26,10 +26,10 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Writes through a journalled layer whose store is down, then stops the
 /// runtime mid-retry: a crash, as far as the buffer is concerned.
-fn write_then_crash(
+fn write_then_crash<V: Into<String>>(
     journal: &Path,
     store: &Shared,
-    writes: impl IntoIterator<Item = (u64, &'static str)>,
+    writes: impl IntoIterator<Item = (u64, V)>,
 ) {
     let runtime = runtime();
     runtime.block_on(async {
@@ -42,7 +42,7 @@ fn write_then_crash(
             .build()
             .unwrap();
         for (k, v) in writes {
-            layer.put(k, v.to_string()).await.unwrap();
+            layer.put(k, v.into()).await.unwrap();
         }
         std::mem::forget(layer);
     });
@@ -218,21 +218,7 @@ fn writes_spanning_many_segments_and_one_larger_than_a_segment_are_all_replayed(
         .map(|k| (k, value(k, 256 << 10)))
         .chain([(99, value(99, 5 << 20))])
         .collect();
-    let runtime_ = runtime();
-    runtime_.block_on(async {
-        let faulty = FaultyStore::new(Arc::clone(&store));
-        faulty.set_failing(true);
-        let layer = WriteBehind::builder(faulty)
-            .journal(&journal, SyncPolicy::Os)
-            .retries(1_000, Duration::from_millis(1), Duration::from_millis(5))
-            .build()
-            .unwrap();
-        for (k, v) in &writes {
-            layer.put(*k, v.clone()).await.unwrap();
-        }
-        std::mem::forget(layer);
-    });
-    runtime_.shutdown_background();
+    write_then_crash(&journal, &store, writes.clone());
     assert!(segments(&journal).len() >= 3, "{:?}", segments(&journal));
 
     runtime().block_on(async {

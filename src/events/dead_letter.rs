@@ -65,6 +65,9 @@ struct Letters<E> {
 
 pub(super) struct DeadLetters<E> {
     letters: Mutex<Letters<E>>,
+    /// Told of every event that enters the queue (a broker bridge settles
+    /// the broker's copy there).
+    on_enter: Option<std::sync::Arc<DeadLetterFn<E>>>,
     /// Keys parked: zero lets a worker skip the lock.
     parked_keys: AtomicUsize,
 }
@@ -78,8 +81,9 @@ impl<E> fmt::Debug for DeadLetters<E> {
 }
 
 impl<E> DeadLetters<E> {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(on_enter: Option<std::sync::Arc<DeadLetterFn<E>>>) -> Self {
         DeadLetters {
+            on_enter,
             letters: Mutex::new(Letters {
                 queue: VecDeque::new(),
                 parked: HashMap::new(),
@@ -95,6 +99,9 @@ impl<E> DeadLetters<E> {
     /// Adds a letter; its key (if any) is parked until its letters are
     /// gone.
     pub(super) fn push(&self, letter: DeadLetter<E>) {
+        if let Some(on_enter) = &self.on_enter {
+            on_enter(&letter);
+        }
         let mut letters = self.lock();
         if let Some(key) = letter.event.key() {
             let count = letters.parked.entry(key.clone()).or_insert(0);
@@ -109,11 +116,7 @@ impl<E> DeadLetters<E> {
     /// Parks `event` behind the letters of its key, if it has any; gives
     /// it back otherwise. Checked and parked under one lock, so an event
     /// never overtakes a dead letter of its key.
-    pub(super) fn park_if_behind(
-        &self,
-        event: Event<E>,
-        hook: Option<&DeadLetterFn<E>>,
-    ) -> Option<Event<E>> {
+    pub(super) fn park_if_behind(&self, event: Event<E>) -> Option<Event<E>> {
         if self.parked_keys.load(Ordering::Relaxed) == 0 {
             return Some(event);
         }
@@ -131,8 +134,8 @@ impl<E> DeadLetters<E> {
             error,
             attempts: 0,
         };
-        if let Some(hook) = hook {
-            hook(&letter);
+        if let Some(on_enter) = &self.on_enter {
+            on_enter(&letter);
         }
         letters.queue.push_back(letter);
         None

@@ -147,7 +147,6 @@ pub(super) struct Group<E> {
     pub(super) closed: AtomicBool,
     pub(super) counters: GroupCounters,
     pub(super) dead: DeadLetters<E>,
-    pub(super) on_dead_letter: Option<DeadLetterHook<E>>,
     replayer: Replayer<E>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -193,6 +192,13 @@ impl<E: Clone + Send + Sync + 'static> Group<E> {
             return fits(partition, events.len());
         }
         let workers = self.partitions.len();
+        let mut events = events;
+        if events.len() == 1 {
+            // A single publish: one worker to look at, nothing to allocate.
+            return events.next().is_none_or(|(key, offset)| {
+                fits(&self.partitions[partition_of(key, offset, workers)], 1)
+            });
+        }
         let mut need = vec![0usize; workers];
         for (key, offset) in events {
             need[partition_of(key, offset, workers)] += 1;
@@ -392,8 +398,7 @@ impl<E: Clone + Send + Sync + 'static> GroupBuilder<E> {
             idle: Notify::new(),
             closed: AtomicBool::new(false),
             counters: GroupCounters::default(),
-            dead: DeadLetters::new(),
-            on_dead_letter: self.on_dead_letter,
+            dead: DeadLetters::new(self.on_dead_letter),
             replayer,
             workers: Mutex::new(Vec::new()),
         });

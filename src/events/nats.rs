@@ -157,7 +157,47 @@ impl<E: Codec + Clone + Send + Sync + 'static> NatsTopic<E> {
         self.send(Some(key.into()), payload).await
     }
 
+    /// Publishes several events in order, sending them all before waiting
+    /// for JetStream's confirmations (one round trip's wait, not one per
+    /// event); returns their offsets.
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Self::publish); events before the failing one may be
+    /// stored.
+    pub async fn publish_batch(
+        &self,
+        events: impl IntoIterator<Item = (Option<EventKey>, E)>,
+    ) -> Result<Vec<u64>> {
+        let mut pending = Vec::new();
+        for (key, payload) in events {
+            pending.push(self.send_unconfirmed(key, payload).await?);
+        }
+        let mut offsets = Vec::with_capacity(pending.len());
+        for ack in pending {
+            let ack = ack
+                .await
+                .map_err(|e| unavailable("JetStream did not confirm the event", e))?;
+            offsets.push(ack.sequence.saturating_sub(1));
+        }
+        Ok(offsets)
+    }
+
     async fn send(&self, key: Option<EventKey>, payload: E) -> Result<u64> {
+        let ack = self
+            .send_unconfirmed(key, payload)
+            .await?
+            .await
+            .map_err(|e| unavailable("JetStream did not confirm the event", e))?;
+        Ok(ack.sequence.saturating_sub(1))
+    }
+
+    /// Sends one event; the future of its confirmation.
+    async fn send_unconfirmed(
+        &self,
+        key: Option<EventKey>,
+        payload: E,
+    ) -> Result<jetstream::context::PublishAckFuture> {
         let mut bytes = Vec::new();
         payload
             .encode(&mut bytes)
@@ -170,14 +210,10 @@ impl<E: Codec + Clone + Send + Sync + 'static> NatsTopic<E> {
         if let Some(key) = &key {
             headers.insert(KEY_HEADER, hex(key.as_bytes()).as_str());
         }
-        let ack = self
-            .jetstream
+        self.jetstream
             .publish_with_headers(self.subject.clone(), headers, bytes.into())
             .await
-            .map_err(|e| unavailable("cannot publish", e))?
-            .await
-            .map_err(|e| unavailable("JetStream did not confirm the event", e))?;
-        Ok(ack.sequence.saturating_sub(1))
+            .map_err(|e| unavailable("cannot publish", e))
     }
 
     /// The topic's counters, read from the stream: events published, events
@@ -392,7 +428,11 @@ async fn pump<E: Codec + Clone + Send + Sync + 'static>(
             event,
             message: Arc::new(message),
         };
-        if topic.publish_batch([(key, delivered)]).await.is_err() {
+        let published = match key {
+            Some(key) => topic.publish_keyed(key, delivered).await,
+            None => topic.publish(delivered).await,
+        };
+        if published.is_err() {
             return; // the group is shutting down: unsettled messages are redelivered
         }
     }

@@ -108,10 +108,9 @@ where
     V: Codec + Clone,
 {
     async fn publish_changes(&self, changes: Vec<(EventKey, Change<K, V>)>) -> Result<()> {
-        for (key, change) in changes {
-            self.publish_keyed(key, change).await?;
-        }
-        Ok(())
+        self.publish_batch(changes.into_iter().map(|(key, change)| (Some(key), change)))
+            .await
+            .map(drop)
     }
 
     fn topic_name(&self) -> &str {

@@ -61,10 +61,7 @@ where
     E: Clone + Send + Sync + 'static,
     H: Handler<E>,
 {
-    let event = match group
-        .dead
-        .park_if_behind(event, group.on_dead_letter.as_deref())
-    {
+    let event = match group.dead.park_if_behind(event) {
         Some(event) => event,
         None => {
             GroupCounters::add(&group.counters.worker.dead_lettered, 1);
@@ -95,9 +92,6 @@ where
                 error,
                 attempts,
             };
-            if let Some(hook) = &group.on_dead_letter {
-                hook(&letter);
-            }
             group.dead.push(letter);
             GroupCounters::add(&group.counters.worker.dead_lettered, 1);
             return false;
