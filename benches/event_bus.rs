@@ -5,6 +5,13 @@
 //! same events. The bus runs with its guarantees on: blocking
 //! backpressure, per-key workers, retries and dead letters armed.
 //!
+//! Buffers: broadcast gets one as large as the run (it has no
+//! backpressure: a smaller one would drop events), crossbeam 1,024 per
+//! channel. The bus runs twice: with a buffer of 65,536 (`scalekit_bus…`,
+//! so that, like broadcast, it rarely makes the publisher wait) and with
+//! its default 1,024 (`…_buffer_1k`, where the publisher waits for the
+//! slowest group often, and fast groups sleep and are woken again).
+//!
 //! `cargo bench --bench event_bus`; compare the ratios within one run.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +28,12 @@ struct Placed {
     amount: u64,
 }
 
+/// One group's sum, on a cache line of its own (counters allocated side by
+/// side would share one).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Sum(AtomicU64);
+
 fn event(i: u64) -> Placed {
     Placed {
         id: i,
@@ -28,25 +41,36 @@ fn event(i: u64) -> Placed {
     }
 }
 
-/// Subscribes `groups` counting groups to a fresh bus.
-fn bus_with_groups(
-    groups: usize,
-) -> (
+/// Subscribes `groups` summing groups to a fresh bus. Each group sums into
+/// its own counter, as each peer's consumer sums into its own variable: a
+/// counter shared by the groups would make them contend for one cache
+/// line, a cost the peers do not pay.
+/// A bus, its topic, the groups' subscriptions and their sums.
+type Running = (
     EventBus,
     scalekit::events::Topic<Placed>,
     Vec<Subscription<Placed>>,
-    Arc<AtomicU64>,
-) {
+    Vec<Arc<Sum>>,
+);
+
+fn bus_with_groups(groups: usize, buffer: usize) -> Running {
     let bus = EventBus::new();
-    let topic = bus.topic::<Placed>("orders").unwrap();
-    let sum = Arc::new(AtomicU64::new(0));
-    let subscriptions = (0..groups)
-        .map(|g| {
-            let sum = Arc::clone(&sum);
+    let topic = bus
+        .topic_with::<Placed>(
+            "orders",
+            scalekit::events::TopicOptions::default().buffer(buffer),
+        )
+        .unwrap();
+    let sums: Vec<Arc<Sum>> = (0..groups).map(|_| Arc::default()).collect();
+    let subscriptions = sums
+        .iter()
+        .enumerate()
+        .map(|(g, sum)| {
+            let sum = Arc::clone(sum);
             topic
                 .group(format!("group-{g}"))
                 .subscribe(move |event: Event<Placed>| {
-                    sum.fetch_add(
+                    sum.0.fetch_add(
                         event.payload().id + event.payload().amount,
                         Ordering::Relaxed,
                     );
@@ -55,11 +79,11 @@ fn bus_with_groups(
                 .unwrap()
         })
         .collect();
-    (bus, topic, subscriptions, sum)
+    (bus, topic, subscriptions, sums)
 }
 
-async fn scalekit_bus(groups: usize, events: u64, batch: usize) -> Duration {
-    let (bus, topic, subscriptions, sum) = bus_with_groups(groups);
+async fn scalekit_bus(groups: usize, events: u64, batch: usize, buffer: usize) -> Duration {
+    let (bus, topic, subscriptions, sums) = bus_with_groups(groups, buffer);
     let start = Instant::now();
     if batch <= 1 {
         for i in 0..events {
@@ -80,10 +104,12 @@ async fn scalekit_bus(groups: usize, events: u64, batch: usize) -> Duration {
         subscription.caught_up().await;
     }
     let elapsed = start.elapsed();
-    assert_eq!(
-        sum.load(Ordering::Relaxed),
-        groups as u64 * 4 * events * (events.max(1) - 1) / 2
-    );
+    for sum in &sums {
+        assert_eq!(
+            sum.0.load(Ordering::Relaxed),
+            4 * events * (events.max(1) - 1) / 2
+        );
+    }
     bus.shutdown().await;
     elapsed
 }
@@ -154,14 +180,16 @@ fn publish_to_handled(c: &mut Criterion) {
     for groups in [1usize, 4] {
         let mut group = c.benchmark_group(format!("publish_to_handled/{groups}_groups"));
         group.throughput(criterion::Throughput::Elements(1));
-        group.bench_function("scalekit_bus", |b| {
-            b.to_async(&runtime)
-                .iter_custom(|iters| scalekit_bus(groups, iters, 1))
-        });
-        group.bench_function("scalekit_bus_batched_256", |b| {
-            b.to_async(&runtime)
-                .iter_custom(|iters| scalekit_bus(groups, iters, 256))
-        });
+        for (suffix, buffer) in [("", 1 << 16), ("_buffer_1k", 1024)] {
+            group.bench_function(format!("scalekit_bus{suffix}"), |b| {
+                b.to_async(&runtime)
+                    .iter_custom(|iters| scalekit_bus(groups, iters, 1, buffer))
+            });
+            group.bench_function(format!("scalekit_bus_batched_256{suffix}"), |b| {
+                b.to_async(&runtime)
+                    .iter_custom(|iters| scalekit_bus(groups, iters, 256, buffer))
+            });
+        }
         group.bench_function("tokio_broadcast", |b| {
             b.to_async(&runtime)
                 .iter_custom(|iters| tokio_broadcast(groups, iters))

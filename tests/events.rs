@@ -408,6 +408,13 @@ async fn bad_configurations_are_config_errors() {
         bus.topic_with::<u64>("t", TopicOptions::default().retain_last(3))
             .unwrap_err(),
         bus.topic::<u64>("").unwrap_err(),
+        topic
+            .group("wider than its topic")
+            .buffer(1025, Backpressure::DropOldest)
+            .subscribe(handler)
+            .unwrap_err(),
+        bus.topic_with::<u64>("no room", TopicOptions::default().buffer(0))
+            .unwrap_err(),
     ];
     for error in errors {
         assert!(matches!(error.kind(), ErrorKind::Config { .. }), "{error}");
@@ -417,6 +424,102 @@ async fn bad_configurations_are_config_errors() {
         1,
         "the same topic"
     );
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_the_topics_buffer_is_refused_whole() {
+    let bus = EventBus::new();
+    let topic = bus
+        .topic_with::<u64>("small", TopicOptions::default().buffer(8))
+        .unwrap();
+    let seen: Seen = Arc::default();
+    let group = topic.group("all").subscribe(recorder(&seen)).unwrap();
+    let error = topic
+        .publish_batch((0..9).map(|n| (None, n)))
+        .await
+        .unwrap_err();
+    assert!(matches!(error.kind(), ErrorKind::Config { .. }), "{error}");
+    assert_eq!(topic.stats().published, 0, "none of it");
+    assert_eq!(
+        topic
+            .publish_batch((0..8).map(|n| (None, n)))
+            .await
+            .unwrap(),
+        0..8
+    );
+    group.caught_up().await;
+    assert_eq!(*seen.lock().unwrap(), (0..8).collect::<Vec<_>>());
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropping_group_a_whole_buffer_behind_counts_what_was_overwritten() {
+    // The topic holds 4 events; the group's worker holds event 0 while 20
+    // more are published, so most of what it missed is gone from the
+    // topic when it reads again: all of it is counted, the newest kept.
+    let bus = EventBus::new();
+    let topic = bus
+        .topic_with::<u64>("tiny", TopicOptions::default().buffer(4))
+        .unwrap();
+    let (group, gate, seen) = gated_group(&topic, "lossy", 2, Backpressure::DropOldest);
+    topic.publish(0).await.unwrap();
+    eventually(|| group.stats().in_flight == 1).await;
+    for n in 1..=20 {
+        topic.publish(n).await.unwrap();
+    }
+    assert_eq!(group.stats().dropped, 18);
+    gate.add_permits(100);
+    group.caught_up().await;
+    assert_eq!(*seen.lock().unwrap(), vec![0, 19, 20]);
+    let stats = group.stats();
+    assert_eq!((stats.received, stats.dropped, stats.lag), (21, 18, 0));
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropping_group_of_several_workers_counts_each_dropped_event_once() {
+    let bus = EventBus::new();
+    let topic = bus
+        .topic_with::<u64>("spread", TopicOptions::default().buffer(16))
+        .unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let handled = Arc::new(AtomicU64::new(0));
+    let (open, count) = (Arc::clone(&gate), Arc::clone(&handled));
+    let group = topic
+        .group("lossy")
+        .workers(2)
+        .buffer(4, Backpressure::DropOldest)
+        .subscribe(move |_: Event<u64>| {
+            let (open, count) = (Arc::clone(&open), Arc::clone(&count));
+            async move {
+                open.acquire().await?.forget();
+                count.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .unwrap();
+    // Unkeyed events alternate between the two workers: each holds its
+    // first event while the rest pile up.
+    topic
+        .publish_batch((0..2).map(|n| (None, n)))
+        .await
+        .unwrap();
+    eventually(|| group.stats().in_flight == 2).await;
+    for n in 2..100 {
+        topic.publish(n).await.unwrap();
+    }
+    gate.add_permits(1000);
+    group.caught_up().await;
+    let stats = group.stats();
+    assert_eq!(stats.received, 100);
+    assert_eq!(
+        stats.delivered + stats.dropped,
+        100,
+        "each event handled or dropped, none twice: {stats:?}"
+    );
+    assert_eq!(stats.delivered, handled.load(Ordering::SeqCst));
+    assert_eq!(stats.lag, 0);
     bus.shutdown().await;
 }
 

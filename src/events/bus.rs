@@ -111,7 +111,7 @@ impl EventBus {
             }
             return Ok(topic.clone());
         }
-        let topic = Topic::<E>::new(name.to_string(), options.unwrap_or_default());
+        let topic = Topic::<E>::new(name.to_string(), options.unwrap_or_default())?;
         let closer = topic.clone();
         registry.topics.insert(
             name.to_string(),

@@ -113,24 +113,27 @@ impl<E> DeadLetters<E> {
         letters.queue.push_back(letter);
     }
 
-    /// Parks `event` behind the letters of its key, if it has any; gives
-    /// it back otherwise. Checked and parked under one lock, so an event
+    /// Parks a copy of `event` behind the letters of its key, if it has
+    /// any (`true`: parked, not to be handled now). Checked and parked under one lock, so an event
     /// never overtakes a dead letter of its key.
-    pub(super) fn park_if_behind(&self, event: Event<E>) -> Option<Event<E>> {
+    pub(super) fn park_if_behind(&self, event: &Event<E>) -> bool
+    where
+        E: Clone,
+    {
         if self.parked_keys.load(Ordering::Relaxed) == 0 {
-            return Some(event);
+            return false;
         }
         let mut letters = self.lock();
         let Some(key) = event.key() else {
-            return Some(event);
+            return false;
         };
         let Some(count) = letters.parked.get_mut(key) else {
-            return Some(event);
+            return false;
         };
         *count += 1;
         let error: BoxError = std::sync::Arc::new(Parked);
         let letter = DeadLetter {
-            event,
+            event: event.clone(),
             error,
             attempts: 0,
         };
@@ -138,7 +141,7 @@ impl<E> DeadLetters<E> {
             on_enter(&letter);
         }
         letters.queue.push_back(letter);
-        None
+        true
     }
 
     pub(super) fn snapshot(&self) -> Vec<DeadLetter<E>>

@@ -67,7 +67,10 @@ pub struct Event<E> {
     payload: E,
     key: Option<EventKey>,
     offset: u64,
-    timestamp: SystemTime,
+    /// Nanoseconds since the Unix epoch: a plain word, where a
+    /// `SystemTime` (seconds and a 32-bit fraction, with padding) made
+    /// every copy of an event stall on a partial store.
+    published_nanos: u64,
 }
 
 impl<E> Event<E> {
@@ -77,11 +80,16 @@ impl<E> Event<E> {
         offset: u64,
         timestamp: SystemTime,
     ) -> Self {
+        let published_nanos = timestamp
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+            });
         Event {
             payload,
             key,
             offset,
-            timestamp,
+            published_nanos,
         }
     }
 
@@ -106,9 +114,10 @@ impl<E> Event<E> {
         self.offset
     }
 
-    /// When it was published (wall clock).
+    /// When it was published (wall clock, to the nanosecond; a clock set
+    /// before 1970 reads as 1970).
     pub fn timestamp(&self) -> SystemTime {
-        self.timestamp
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(self.published_nanos)
     }
 }
 
@@ -119,5 +128,22 @@ impl<E: fmt::Debug> fmt::Debug for Event<E> {
             .field("key", &self.key)
             .field("payload", &self.payload)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::Event;
+
+    #[test]
+    fn the_timestamp_is_kept_to_the_nanosecond_and_a_clock_before_1970_reads_as_1970() {
+        let published = SystemTime::UNIX_EPOCH + Duration::new(1_790_000_000, 123_456_789);
+        let event = Event::new((), None, 0, published);
+        assert_eq!(event.timestamp(), published);
+        let before_1970 = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+        let event = Event::new((), None, 0, before_1970);
+        assert_eq!(event.timestamp(), SystemTime::UNIX_EPOCH);
     }
 }

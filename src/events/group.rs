@@ -2,13 +2,12 @@
 //! group, events are spread over its workers by key, so that one key's
 //! events are handled one after another, in publish order.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -17,20 +16,22 @@ use tokio::task::JoinHandle;
 use super::dead_letter::{DeadLetter, DeadLetterFn, DeadLetters, ReplayReport};
 use super::event::{Event, EventKey};
 use super::handler::{attempt, Attempt, Handler};
-use super::stats::{GroupCounters, GroupStats};
+use super::log::Log;
+use super::stats::{GroupStats, WorkerCounters};
 use super::topic::Topic;
 use super::worker;
 use crate::{Error, Result};
 
 const COMPONENT: &str = "subscription group";
 
-/// What a group does when a worker's buffer is full.
+/// What a group does when a worker falls its whole buffer behind the
+/// topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backpressure {
     /// The publisher waits for room: nothing is lost, the slowest group
     /// sets the pace.
     Block,
-    /// The oldest buffered event is dropped to make room and counted in
+    /// The worker skips to the newest events; the skipped ones are counted in
     /// [`GroupStats::dropped`]: the publisher never waits for this group
     /// (tokio broadcast's behaviour, made visible).
     DropOldest,
@@ -77,48 +78,24 @@ impl RetryPolicy {
     }
 }
 
-/// One worker's buffer.
+/// Where one worker is in the topic's log, on a cache line of its own.
 #[derive(Debug)]
-pub(super) struct Partition<E> {
-    queue: Mutex<VecDeque<Event<E>>>,
-    /// The queue's length, readable without its lock: only publishers
-    /// (under the topic's lock) make it grow, so a check for room stays
-    /// true until they push.
-    len: AtomicUsize,
-    /// Wakes the worker: events arrived, or the group is closing.
-    pub(super) wake: Notify,
+#[repr(align(128))]
+pub(super) struct Cursor {
+    /// The next offset the worker reads: it has taken every event below
+    /// (the publisher's room check reads this).
+    pub(super) next: AtomicU64,
+    /// Every event of the worker's below this offset is finished:
+    /// handled, dead-lettered or dropped.
+    pub(super) done: AtomicU64,
 }
 
-impl<E> Partition<E> {
-    fn new() -> Self {
-        Partition {
-            queue: Mutex::new(VecDeque::new()),
-            len: AtomicUsize::new(0),
-            wake: Notify::new(),
+impl Cursor {
+    fn at(offset: u64) -> Self {
+        Cursor {
+            next: AtomicU64::new(offset),
+            done: AtomicU64::new(offset),
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Event<E>>> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn len(&self) -> usize {
-        self.len.load(Ordering::SeqCst)
-    }
-
-    /// Swaps every queued event into `batch`, which must be empty (the
-    /// worker's side): the lock is held for a swap of two deques, not for
-    /// a copy of the events.
-    pub(super) fn take_all(&self, batch: &mut VecDeque<Event<E>>) {
-        if self.len() == 0 {
-            return; // no lock taken: an idle worker leaves the publisher's lock alone
-        }
-        let mut queue = self.lock();
-        std::mem::swap(&mut *queue, batch);
-        // Sequentially consistent, with the load of `room_waiters` that
-        // follows: a publisher about to wait for room sees the room, or is
-        // seen waiting.
-        self.len.store(0, Ordering::SeqCst);
     }
 }
 
@@ -133,19 +110,20 @@ type Replayer<E> =
 /// What a group's publishers, workers and handle share.
 pub(super) struct Group<E> {
     pub(super) name: String,
-    pub(super) partitions: Box<[Partition<E>]>,
-    /// Events a worker's buffer holds before the backpressure policy acts.
-    pub(super) capacity: usize,
+    /// The topic's log, which the workers read.
+    pub(super) log: Arc<Log<E>>,
+    /// One per worker.
+    pub(super) cursors: Box<[Cursor]>,
+    /// The offset the group started from.
+    pub(super) start: u64,
+    /// How far (in the topic's events) a worker may fall behind before
+    /// the backpressure policy acts.
+    pub(super) capacity: u64,
     pub(super) backpressure: Backpressure,
     pub(super) retry: RetryPolicy,
-    /// Wakes publishers waiting for room, and counts them (workers wake
-    /// them only when there are some).
-    pub(super) room: Notify,
-    pub(super) room_waiters: AtomicU64,
-    /// Wakes [`Subscription::caught_up`] when nothing is pending.
+    /// Wakes [`Subscription::caught_up`] when the group has caught up.
     idle: Notify,
-    pub(super) closed: AtomicBool,
-    pub(super) counters: GroupCounters,
+    pub(super) counters: WorkerCounters,
     pub(super) dead: DeadLetters<E>,
     replayer: Replayer<E>,
     workers: Mutex<Vec<JoinHandle<()>>>,
@@ -155,7 +133,7 @@ impl<E> fmt::Debug for Group<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Group")
             .field("name", &self.name)
-            .field("workers", &self.partitions.len())
+            .field("workers", &self.cursors.len())
             .field("capacity", &self.capacity)
             .field("backpressure", &self.backpressure)
             .finish_non_exhaustive()
@@ -173,108 +151,89 @@ pub(super) fn partition_of(key: Option<&EventKey>, offset: u64, workers: usize) 
 }
 
 impl<E: Clone + Send + Sync + 'static> Group<E> {
-    /// Whether the events to come (`(key, offset)`) fit the buffers: a
-    /// worker's buffer takes them if they fit its capacity, or if it is
-    /// empty (a batch larger than a buffer goes in alone). Always true
-    /// for a group that drops instead.
-    pub(super) fn has_room<'k>(
-        &self,
-        events: impl ExactSizeIterator<Item = (Option<&'k EventKey>, u64)>,
-    ) -> bool {
+    /// The offset below which every worker has room for `events` more
+    /// (the publisher appends while the tail stays below it); `None` when
+    /// a worker has none now. A worker that has taken everything takes a
+    /// batch larger than its buffer too.
+    pub(super) fn room_until(&self, tail: u64, events: u64) -> Option<u64> {
         if self.backpressure == Backpressure::DropOldest {
-            return true;
+            return Some(u64::MAX);
         }
-        let fits = |partition: &Partition<E>, need: usize| {
-            let len = partition.len();
-            need == 0 || len == 0 || len + need <= self.capacity
-        };
-        if let [partition] = &self.partitions[..] {
-            return fits(partition, events.len());
+        let mut until = u64::MAX;
+        for cursor in self.cursors.iter() {
+            let next = cursor.next.load(Ordering::SeqCst);
+            let room = next + self.capacity;
+            if tail + events > room && next != tail {
+                return None;
+            }
+            until = until.min(room.max(tail + events));
         }
-        let workers = self.partitions.len();
-        let mut events = events;
-        if events.len() == 1 {
-            // A single publish: one worker to look at, nothing to allocate.
-            return events.next().is_none_or(|(key, offset)| {
-                fits(&self.partitions[partition_of(key, offset, workers)], 1)
-            });
-        }
-        let mut need = vec![0usize; workers];
-        for (key, offset) in events {
-            need[partition_of(key, offset, workers)] += 1;
-        }
-        need.iter()
-            .zip(self.partitions.iter())
-            .all(|(&need, partition)| fits(partition, need))
+        Some(until)
     }
 
-    /// Hands events to their workers (the topic checked for room).
-    pub(super) fn push(&self, events: &[Event<E>]) {
-        let workers = self.partitions.len();
-        let count = events.len() as u64;
-        GroupCounters::add_locked(&self.counters.publisher.received, count);
-        let mut dropped = 0;
-        let mut run_start = 0;
-        // Consecutive events for one worker go in under one lock.
-        while run_start < events.len() {
-            let index = partition_of(events[run_start].key(), events[run_start].offset(), workers);
-            let mut run_end = run_start + 1;
-            while run_end < events.len()
-                && partition_of(events[run_end].key(), events[run_end].offset(), workers) == index
-            {
-                run_end += 1;
-            }
-            let partition = &self.partitions[index];
-            let was_empty = {
-                let mut queue = partition.lock();
-                let was_empty = queue.is_empty();
-                for event in &events[run_start..run_end] {
-                    if self.backpressure == Backpressure::DropOldest && queue.len() >= self.capacity
-                    {
-                        queue.pop_front();
-                        dropped += 1;
-                    }
-                    queue.push_back(event.clone());
-                }
-                partition.len.store(queue.len(), Ordering::Release);
-                was_empty
-            };
-            // A worker parks only after finding its buffer empty, so only
-            // the push that ends the emptiness needs to wake it; events
-            // pushed behind others are taken with them.
-            if was_empty {
-                partition.wake.notify_one();
-            }
-            run_start = run_end;
-        }
-        if dropped > 0 {
-            // Never the last pending events: the one pushed is pending.
-            GroupCounters::add_locked(&self.counters.publisher.dropped, dropped);
-        }
+    /// Whether every worker has finished every event below the tail.
+    fn is_caught_up(&self) -> bool {
+        let tail = self.log.tail();
+        self.cursors
+            .iter()
+            .all(|cursor| cursor.done.load(Ordering::SeqCst) >= tail)
     }
 
-    /// `n` events are finished: handled, dead-lettered or dropped.
-    pub(super) fn finished(&self, n: u64) {
-        self.counters.worker.finished.fetch_add(n, Ordering::SeqCst);
-        if self.counters.worker.watchers.load(Ordering::SeqCst) > 0 && self.counters.pending() == 0
-        {
+    /// Worker `index` has finished `n` events, and everything of its
+    /// below `done`.
+    pub(super) fn finished(&self, index: usize, n: u64, done: u64) {
+        self.counters.finished.fetch_add(n, Ordering::Relaxed);
+        // Sequentially consistent, with the load of `watchers` that
+        // follows: a task about to wait in `caught_up` sees this, or is
+        // seen waiting and woken.
+        self.cursors[index].done.store(done, Ordering::SeqCst);
+        if self.counters.watchers.load(Ordering::SeqCst) > 0 && self.is_caught_up() {
             self.idle.notify_waiters();
         }
     }
 
-    /// Stops the workers once their buffers are empty; wakes publishers
-    /// waiting for room so they see the bus is closed.
-    pub(super) fn close(&self) -> Vec<JoinHandle<()>> {
-        self.closed.store(true, Ordering::Release);
-        for partition in self.partitions.iter() {
-            partition.wake.notify_one();
+    /// Events a dropping worker is more than its buffer behind: it drops
+    /// them when it next reads (counted in the stats already).
+    fn about_to_drop(&self, tail: u64) -> u64 {
+        if self.backpressure == Backpressure::Block {
+            return 0;
         }
-        self.room.notify_waiters();
+        let workers = self.cursors.len() as u64;
+        self.cursors
+            .iter()
+            .map(|cursor| {
+                let behind = tail.saturating_sub(cursor.next.load(Ordering::Relaxed));
+                // A worker's share of the topic's events.
+                behind.saturating_sub(self.capacity).div_ceil(workers)
+            })
+            .sum()
+    }
+
+    /// The workers' handles, to wait on once the log is closed.
+    pub(super) fn take_workers(&self) -> Vec<JoinHandle<()>> {
         std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     fn stats(&self) -> GroupStats {
-        self.counters.snapshot()
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let tail = self.log.tail();
+        let received = tail - self.start;
+        let dropped = load(&self.counters.dropped) + self.about_to_drop(tail);
+        let finished = load(&self.counters.finished);
+        GroupStats {
+            received,
+            delivered: load(&self.counters.delivered),
+            retried: load(&self.counters.retried),
+            panicked: load(&self.counters.panicked),
+            dead_lettered: load(&self.counters.dead_lettered),
+            dropped,
+            lag: if self.is_caught_up() {
+                0
+            } else {
+                received.saturating_sub(finished + dropped)
+            },
+            in_flight: load(&self.counters.in_flight),
+        }
     }
 }
 
@@ -285,7 +244,8 @@ pub struct GroupBuilder<E> {
     topic: Topic<E>,
     name: String,
     workers: usize,
-    capacity: usize,
+    /// `None`: the topic's buffer.
+    capacity: Option<usize>,
     backpressure: Backpressure,
     retry: RetryPolicy,
     start: StartFrom,
@@ -311,7 +271,7 @@ impl<E: Clone + Send + Sync + 'static> GroupBuilder<E> {
             topic,
             name,
             workers: 1,
-            capacity: 1024,
+            capacity: None,
             backpressure: Backpressure::Block,
             retry: RetryPolicy::default(),
             start: StartFrom::Latest,
@@ -332,10 +292,16 @@ impl<E: Clone + Send + Sync + 'static> GroupBuilder<E> {
         self
     }
 
-    /// Events each worker's buffer holds, and what happens when it is full
-    /// (default 1,024, [`Backpressure::Block`]).
+    /// How far each worker may fall behind the topic, in events, and what
+    /// happens when one is that far behind (default: the topic's
+    /// [buffer](super::TopicOptions::buffer), [`Backpressure::Block`]).
+    /// At most the topic's buffer, which holds the events not yet taken.
+    ///
+    /// A group of several workers counts the topic's events, its other
+    /// workers' included: a worker of four may fall about `capacity / 4`
+    /// of its own events behind.
     pub fn buffer(mut self, capacity: usize, when_full: Backpressure) -> Self {
-        self.capacity = capacity;
+        self.capacity = Some(capacity);
         self.backpressure = when_full;
         self
     }
@@ -358,17 +324,25 @@ impl<E: Clone + Send + Sync + 'static> GroupBuilder<E> {
     /// # Errors
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) for zero workers, a
-    /// zero buffer, a retry back-off cap below its base, a group name
-    /// already used on this topic, or a call outside a tokio runtime;
+    /// zero buffer or one larger than the topic's, a retry back-off cap
+    /// below its base, a group name already used on this topic, or a call
+    /// outside a tokio runtime;
     /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) once the
     /// bus is shut down.
     pub fn subscribe<H: Handler<E>>(self, handler: H) -> Result<Subscription<E>> {
+        let topic_buffer = self.topic.buffer();
+        let capacity = self.capacity.unwrap_or(topic_buffer);
         let problem = if self.workers == 0 {
-            Some("a group needs at least one worker")
-        } else if self.capacity == 0 {
-            Some("a group's buffer must hold at least one event")
+            Some("a group needs at least one worker".to_string())
+        } else if capacity == 0 {
+            Some("a group's buffer must hold at least one event".to_string())
+        } else if capacity > topic_buffer {
+            Some(format!(
+                "a group's buffer ({capacity}) cannot exceed its topic's ({topic_buffer}): \
+                 raise TopicOptions::buffer"
+            ))
         } else if self.retry.max_backoff < self.retry.base_backoff {
-            Some("the retry back-off cap must not be below its base")
+            Some("the retry back-off cap must not be below its base".to_string())
         } else {
             None
         };
@@ -387,25 +361,26 @@ impl<E: Clone + Send + Sync + 'static> GroupBuilder<E> {
             let handler = Arc::clone(&replay_handler);
             Box::pin(async move { attempt(&*handler, event).await })
         });
-        let group = Arc::new(Group {
-            name: self.name,
-            partitions: (0..self.workers).map(|_| Partition::new()).collect(),
-            capacity: self.capacity,
-            backpressure: self.backpressure,
-            retry: self.retry,
-            room: Notify::new(),
-            room_waiters: AtomicU64::new(0),
-            idle: Notify::new(),
-            closed: AtomicBool::new(false),
-            counters: GroupCounters::default(),
-            dead: DeadLetters::new(self.on_dead_letter),
-            replayer,
-            workers: Mutex::new(Vec::new()),
-        });
-        // Registered (and handed the retained events) before any worker
-        // runs, under the topic's lock: no event is missed or doubled.
-        self.topic.add_group(Arc::clone(&group), self.start)?;
-        let handles = (0..self.workers)
+        let workers = self.workers;
+        // Registered, and its start offset chosen, under the topic's lock:
+        // no event is missed or doubled.
+        let group = self.topic.add_group(&self.name, self.start, |log, start| {
+            Arc::new(Group {
+                name: self.name.clone(),
+                log: Arc::clone(log),
+                cursors: (0..workers).map(|_| Cursor::at(start)).collect(),
+                start,
+                capacity: capacity as u64,
+                backpressure: self.backpressure,
+                retry: self.retry,
+                idle: Notify::new(),
+                counters: WorkerCounters::default(),
+                dead: DeadLetters::new(self.on_dead_letter),
+                replayer,
+                workers: Mutex::new(Vec::new()),
+            })
+        })?;
+        let handles = (0..workers)
             .map(|index| {
                 runtime.spawn(worker::run(Arc::clone(&group), index, Arc::clone(&handler)))
             })
@@ -461,15 +436,14 @@ impl<E: Clone + Send + Sync + 'static> Subscription<E> {
     /// Returns once every event the group has received is finished
     /// (handled, dead-lettered or dropped).
     pub async fn caught_up(&self) {
-        let counters = &self.group.counters;
         // Counted while waiting (a drop guard, so a cancelled wait is
         // uncounted too); a worker that finishes events after the count
-        // went up sees it, and wakes this task if nothing is pending.
-        let _watching = Watching::new(&counters.worker.watchers);
+        // went up sees it, and wakes this task once all have caught up.
+        let _watching = Watching::new(&self.group.counters.watchers);
         loop {
             let mut idle = std::pin::pin!(self.group.idle.notified());
             idle.as_mut().enable();
-            if counters.pending() == 0 {
+            if self.group.is_caught_up() {
                 return;
             }
             idle.await;
@@ -498,7 +472,7 @@ impl<E: Clone + Send + Sync + 'static> Subscription<E> {
             match (self.group.replayer)(letter.event.clone()).await {
                 Attempt::Handled => {
                     report.handled += 1;
-                    GroupCounters::add(&self.group.counters.worker.delivered, 1);
+                    WorkerCounters::add(&self.group.counters.delivered, 1);
                     self.group.dead.handled(&letter);
                 }
                 Attempt::Failed(error) | Attempt::Panicked(error) => {

@@ -32,6 +32,7 @@ use super::event::{Event, EventKey};
 use super::group::{Backpressure, RetryPolicy, StartFrom, Subscription};
 use super::handler::{Handler, HandlerError};
 use super::stats::{GroupStats, TopicStats};
+use super::topic::TopicOptions;
 use super::EventBus;
 use crate::codec::Codec;
 use crate::{Error, Result};
@@ -347,8 +348,9 @@ impl<E: Codec + Clone + Send + Sync + 'static> NatsGroupBuilder<'_, E> {
                 }
             });
         });
-        let inner = local
-            .topic::<Delivered<E>>(&self.name)?
+        let topic = local
+            .topic_with::<Delivered<E>>(&self.name, TopicOptions::default().buffer(self.buffer))?;
+        let inner = topic
             .group(self.name.clone())
             .workers(self.workers)
             .buffer(self.buffer, Backpressure::Block)
@@ -389,7 +391,6 @@ impl<E: Codec + Clone + Send + Sync + 'static> NatsGroupBuilder<'_, E> {
             .messages()
             .await
             .map_err(|e| unavailable("cannot pull from the consumer", e))?;
-        let topic = local.topic::<Delivered<E>>(&self.name)?;
         let pump = tokio::spawn(pump(messages, topic));
         Ok(NatsSubscription {
             name: self.name,

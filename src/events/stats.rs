@@ -41,73 +41,31 @@ pub struct GroupStats {
     pub in_flight: u64,
 }
 
-/// Counters the publishers write (under the topic's lock, so plain
-/// stores do), on a cache line of their own.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub(super) struct PublisherCounters {
-    pub(super) received: AtomicU64,
-    pub(super) dropped: AtomicU64,
-}
-
 /// Counters the workers write, on a cache line of their own, so that a
-/// worker's accounting never stalls the publisher.
+/// worker's accounting never stalls the publisher. What the publisher
+/// knows (events received) is read from the topic's log instead.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub(super) struct WorkerCounters {
-    /// Events handled, dead-lettered or parked (dropped ones are counted
-    /// by the publisher).
+    /// Events handled, dead-lettered or parked.
     pub(super) finished: AtomicU64,
     pub(super) delivered: AtomicU64,
     pub(super) retried: AtomicU64,
     pub(super) panicked: AtomicU64,
     pub(super) dead_lettered: AtomicU64,
+    pub(super) dropped: AtomicU64,
     pub(super) in_flight: AtomicU64,
-    /// Tasks waiting in `caught_up`: the workers look at the publisher's
-    /// counters only while there are some.
+    /// Tasks waiting in `caught_up`: the workers look at the other
+    /// workers' cursors only while there are some.
     pub(super) watchers: AtomicU64,
 }
 
-#[derive(Debug, Default)]
-pub(super) struct GroupCounters {
-    pub(super) publisher: PublisherCounters,
-    pub(super) worker: WorkerCounters,
-}
-
-impl GroupCounters {
+impl WorkerCounters {
     pub(super) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
     pub(super) fn sub(counter: &AtomicU64, n: u64) {
         counter.fetch_sub(n, Ordering::Relaxed);
-    }
-
-    /// Adds to a counter only the topic's lock holder writes: no atomic
-    /// read-modify-write needed.
-    pub(super) fn add_locked(counter: &AtomicU64, n: u64) {
-        counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Release);
-    }
-
-    /// Events received and not finished yet (queued or in flight).
-    pub(super) fn pending(&self) -> u64 {
-        let finished = self.worker.finished.load(Ordering::SeqCst);
-        let dropped = self.publisher.dropped.load(Ordering::Acquire);
-        let received = self.publisher.received.load(Ordering::Acquire);
-        received.saturating_sub(dropped + finished)
-    }
-
-    pub(super) fn snapshot(&self) -> GroupStats {
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        GroupStats {
-            received: load(&self.publisher.received),
-            delivered: load(&self.worker.delivered),
-            retried: load(&self.worker.retried),
-            panicked: load(&self.worker.panicked),
-            dead_lettered: load(&self.worker.dead_lettered),
-            dropped: load(&self.publisher.dropped),
-            lag: self.pending(),
-            in_flight: load(&self.worker.in_flight),
-        }
     }
 }

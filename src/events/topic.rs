@@ -2,7 +2,6 @@
 //! receives all of them, and the last few are retained for groups that
 //! start later.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::ops::Range;
 use std::pin::pin;
@@ -13,13 +12,25 @@ use tokio::task::JoinHandle;
 
 use super::event::{Event, EventKey};
 use super::group::{Group, GroupBuilder, StartFrom, Watching};
+use super::log::Log;
 use super::stats::TopicStats;
 use crate::{Error, Result};
 
 /// How a topic is made; see [`EventBus::topic_with`](super::EventBus::topic_with).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicOptions {
     retain: usize,
+    buffer: usize,
+}
+
+impl Default for TopicOptions {
+    /// No retention, a buffer of 1,024 events.
+    fn default() -> Self {
+        TopicOptions {
+            retain: 0,
+            buffer: 1024,
+        }
+    }
 }
 
 impl TopicOptions {
@@ -29,18 +40,31 @@ impl TopicOptions {
         self.retain = events;
         self
     }
+
+    /// How many recent events the topic holds for its groups' workers to
+    /// take (default 1,024): the most any group's
+    /// [buffer](super::GroupBuilder::buffer) may be, and the largest
+    /// batch one [`Topic::publish_batch`] takes. The topic holds
+    /// `max(buffer, retain_last)` events, rounded up to a power of two;
+    /// an event's payload is dropped when a later event takes its place.
+    pub fn buffer(mut self, events: usize) -> Self {
+        self.buffer = events;
+        self
+    }
 }
 
 struct State<E> {
-    next_offset: u64,
-    retained: VecDeque<Event<E>>,
     groups: Vec<Arc<Group<E>>>,
-    closed: bool,
+    /// The publisher appends without looking at the cursors while the
+    /// tail stays below this: every blocking group had room up to here
+    /// when last looked at (cursors only move forward).
+    room_until: u64,
 }
 
 pub(super) struct Inner<E> {
     name: String,
     options: TopicOptions,
+    log: Arc<Log<E>>,
     state: Mutex<State<E>>,
 }
 
@@ -67,34 +91,29 @@ impl<E> fmt::Debug for Topic<E> {
     }
 }
 
-/// The keys and offsets events will have, publishing from `first`.
-fn placed(
-    keys: &[Option<EventKey>],
-    first: u64,
-) -> impl ExactSizeIterator<Item = (Option<&EventKey>, u64)> {
-    keys.iter()
-        .map(Option::as_ref)
-        .zip((0..keys.len()).map(move |i| first + i as u64))
-}
-
 fn closed(name: &str) -> Error {
     Error::unavailable("EventBus", format!("topic `{name}`: the bus is shut down"))
 }
 
 impl<E: Clone + Send + Sync + 'static> Topic<E> {
-    pub(super) fn new(name: String, options: TopicOptions) -> Self {
-        Topic {
+    pub(super) fn new(name: String, options: TopicOptions) -> Result<Self> {
+        if options.buffer == 0 {
+            return Err(Error::config(
+                "EventBus",
+                format!("topic `{name}`: the buffer must hold at least one event"),
+            ));
+        }
+        Ok(Topic {
             inner: Arc::new(Inner {
                 name,
                 options,
+                log: Arc::new(Log::new(options.buffer.max(options.retain))),
                 state: Mutex::new(State {
-                    next_offset: 0,
-                    retained: VecDeque::new(),
                     groups: Vec::new(),
-                    closed: false,
+                    room_until: u64::MAX,
                 }),
             }),
-        }
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State<E>> {
@@ -111,6 +130,11 @@ impl<E: Clone + Send + Sync + 'static> Topic<E> {
 
     pub(super) fn options(&self) -> TopicOptions {
         self.inner.options
+    }
+
+    /// The most events a group's buffer, or a batch, may hold.
+    pub(super) fn buffer(&self) -> usize {
+        self.inner.options.buffer
     }
 
     /// Publishes an event without a key; returns its offset. Waits while a
@@ -141,115 +165,94 @@ impl<E: Clone + Send + Sync + 'static> Topic<E> {
     ///
     /// # Errors
     ///
-    /// As [`publish`](Self::publish).
+    /// As [`publish`](Self::publish);
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a batch larger
+    /// than the topic's [buffer](TopicOptions::buffer) (nothing is
+    /// published).
     pub async fn publish_batch(
         &self,
         events: impl IntoIterator<Item = (Option<EventKey>, E)>,
     ) -> Result<Range<u64>> {
-        let (keys, payloads): (Vec<Option<EventKey>>, Vec<E>) = events.into_iter().unzip();
-        self.when_room(&keys, |topic, state| {
-            let first = state.next_offset;
-            let now = SystemTime::now();
-            let events: Vec<Event<E>> = keys
-                .iter()
-                .cloned()
-                .zip(payloads)
-                .zip(first..)
-                .map(|((key, payload), offset)| Event::new(payload, key, offset, now))
-                .collect();
-            topic.append(state, &events);
-            first..state.next_offset
-        })
-        .await
+        let events: Vec<(Option<EventKey>, E)> = events.into_iter().collect();
+        if events.len() > self.buffer() {
+            return Err(Error::config(
+                "EventBus",
+                format!(
+                    "topic `{}`: a batch of {} events is larger than the topic's buffer of {}",
+                    self.inner.name,
+                    events.len(),
+                    self.buffer()
+                ),
+            ));
+        }
+        let count = events.len() as u64;
+        let log = &self.inner.log;
+        loop {
+            {
+                let mut state = self.lock();
+                self.check_open()?;
+                if has_room(&mut state, log, count) {
+                    let first = log.tail();
+                    let now = SystemTime::now();
+                    log.append(
+                        events
+                            .into_iter()
+                            .zip(first..)
+                            .map(|((key, payload), offset)| Event::new(payload, key, offset, now)),
+                    );
+                    drop(state);
+                    log.wake_readers();
+                    return Ok(first..first + count);
+                }
+            }
+            self.wait_for_room(count).await?;
+        }
     }
 
     async fn publish_one(&self, key: Option<EventKey>, payload: E) -> Result<u64> {
-        self.when_room(std::slice::from_ref(&key), |topic, state| {
-            let offset = state.next_offset;
-            let event = Event::new(payload, key.clone(), offset, SystemTime::now());
-            topic.append(state, std::slice::from_ref(&event));
-            offset
-        })
-        .await
-    }
-
-    /// Runs `append` under the topic's lock once every blocking group has
-    /// room for events with these `keys`, waiting for room as long as one
-    /// has none.
-    async fn when_room<T, F>(&self, keys: &[Option<EventKey>], append: F) -> Result<T>
-    where
-        F: FnOnce(&Self, &mut State<E>) -> T,
-    {
-        let mut append = append;
+        let log = &self.inner.log;
         loop {
-            let full = match self.try_append(keys, append)? {
-                Ok(appended) => return Ok(appended),
-                Err((full, give_back)) => {
-                    append = give_back;
-                    full
+            {
+                let mut state = self.lock();
+                self.check_open()?;
+                if has_room(&mut state, log, 1) {
+                    let offset = log.append_one(payload, key, SystemTime::now());
+                    drop(state);
+                    log.wake_readers();
+                    return Ok(offset);
                 }
-            };
-            // Wait for the full group's workers to take events, then look
-            // again. The wake-up is registered before the check, so a
-            // worker that makes room in between is not missed.
-            let _waiting = Watching::new(&full.room_waiters);
-            let mut room = pin!(full.room.notified());
-            room.as_mut().enable();
-            let still_full = {
-                let state = self.lock();
-                if state.closed {
-                    return Err(closed(&self.inner.name));
-                }
-                !full.has_room(placed(keys, state.next_offset))
-            };
-            if still_full {
-                room.await;
             }
+            self.wait_for_room(1).await?;
         }
     }
 
-    /// Appends if every group has room; otherwise gives `append` back with
-    /// a group that is full.
-    #[allow(clippy::type_complexity)]
-    fn try_append<T, F>(
-        &self,
-        keys: &[Option<EventKey>],
-        append: F,
-    ) -> Result<Result<T, (Arc<Group<E>>, F)>>
-    where
-        F: FnOnce(&Self, &mut State<E>) -> T,
-    {
-        let mut state = self.lock();
-        if state.closed {
+    fn check_open(&self) -> Result<()> {
+        if self.inner.log.is_closed() {
             return Err(closed(&self.inner.name));
         }
-        let first = state.next_offset;
-        Ok(
-            match state
-                .groups
-                .iter()
-                .find(|group| !group.has_room(placed(keys, first)))
-            {
-                Some(full) => Err((Arc::clone(full), append)),
-                None => Ok(append(self, &mut state)),
-            },
-        )
+        Ok(())
     }
 
-    /// Retains the events and hands them to every group; their offsets
-    /// were assigned from `next_offset`, under the same lock.
-    fn append(&self, state: &mut State<E>, events: &[Event<E>]) {
-        state.next_offset += events.len() as u64;
-        let retain = self.inner.options.retain;
-        if retain > 0 {
-            let skip = events.len().saturating_sub(retain);
-            state.retained.extend(events[skip..].iter().cloned());
-            let excess = state.retained.len().saturating_sub(retain);
-            state.retained.drain(..excess);
+    /// Waits until every blocking group may have room for `count` more
+    /// events (the caller looks again, under the lock).
+    async fn wait_for_room(&self, count: u64) -> Result<()> {
+        let log = &self.inner.log;
+        // The wake-up is registered before the check, so a worker that
+        // makes room in between is not missed.
+        let _waiting = Watching::new(&log.room_waiters);
+        let mut room = pin!(log.room.notified());
+        room.as_mut().enable();
+        let still_full = {
+            let mut state = self.lock();
+            self.check_open()?;
+            log.room_wanted
+                .store(log.tail() + count, std::sync::atomic::Ordering::SeqCst);
+            !has_room(&mut state, log, count)
+        };
+        if still_full {
+            room.await;
         }
-        for group in &state.groups {
-            group.push(events);
-        }
+        Ok(())
     }
 
     /// Starts configuring a subscription group named `name`: every group
@@ -258,34 +261,52 @@ impl<E: Clone + Send + Sync + 'static> Topic<E> {
         GroupBuilder::new(self.clone(), name.into())
     }
 
-    pub(super) fn add_group(&self, group: Arc<Group<E>>, start: StartFrom) -> Result<()> {
+    /// Registers the group `make` makes from the log and the offset it
+    /// starts from.
+    pub(super) fn add_group(
+        &self,
+        name: &str,
+        start: StartFrom,
+        make: impl FnOnce(&Arc<Log<E>>, u64) -> Arc<Group<E>>,
+    ) -> Result<Arc<Group<E>>> {
         let mut state = self.lock();
-        if state.closed {
+        let log = &self.inner.log;
+        if log.is_closed() {
             return Err(closed(&self.inner.name));
         }
-        if state.groups.iter().any(|g| g.name == group.name) {
+        if state.groups.iter().any(|g| g.name == name) {
             return Err(Error::config(
                 "subscription group",
                 format!(
-                    "topic `{}` already has a group named `{}`",
-                    self.inner.name, group.name
+                    "topic `{}` already has a group named `{name}`",
+                    self.inner.name
                 ),
             ));
         }
-        if start == StartFrom::Earliest && !state.retained.is_empty() {
-            let retained: Vec<Event<E>> = state.retained.iter().cloned().collect();
-            group.push(&retained);
-        }
-        state.groups.push(group);
-        Ok(())
+        let tail = log.tail();
+        let first = match start {
+            StartFrom::Latest => tail,
+            StartFrom::Earliest => tail - self.retained(tail),
+        };
+        let group = make(log, first);
+        // Its workers start behind the tail: look at the cursors again.
+        state.room_until = 0;
+        state.groups.push(Arc::clone(&group));
+        Ok(group)
+    }
+
+    /// Events retained for late groups, with the tail at `tail`.
+    fn retained(&self, tail: u64) -> u64 {
+        tail.min(self.inner.options.retain as u64)
     }
 
     /// The topic's counters.
     pub fn stats(&self) -> TopicStats {
         let state = self.lock();
+        let published = self.inner.log.tail();
         TopicStats {
-            published: state.next_offset,
-            retained: state.retained.len() as u64,
+            published,
+            retained: self.retained(published),
             groups: state.groups.len() as u64,
         }
     }
@@ -293,12 +314,34 @@ impl<E: Clone + Send + Sync + 'static> Topic<E> {
     /// Refuses further events and stops the groups once drained; the
     /// workers' handles, to wait on.
     pub(super) fn close(&self) -> Vec<JoinHandle<()>> {
-        let mut state = self.lock();
-        state.closed = true;
+        let state = self.lock();
+        self.inner.log.close();
         state
             .groups
             .iter()
-            .flat_map(|group| group.close())
+            .flat_map(|group| group.take_workers())
             .collect()
     }
+}
+
+/// Whether every blocking group has room for `count` more events, looking
+/// at the workers' cursors only when the cached bound says no.
+fn has_room<E: Clone + Send + Sync + 'static>(
+    state: &mut State<E>,
+    log: &Log<E>,
+    count: u64,
+) -> bool {
+    let tail = log.tail();
+    if tail + count <= state.room_until {
+        return true;
+    }
+    let mut until = u64::MAX;
+    for group in &state.groups {
+        match group.room_until(tail, count) {
+            Some(room) => until = until.min(room),
+            None => return false,
+        }
+    }
+    state.room_until = until;
+    true
 }
