@@ -77,6 +77,7 @@ pub mod codec;
 mod error;
 pub mod events;
 pub mod position;
+pub mod replica;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

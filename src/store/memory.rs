@@ -64,6 +64,18 @@ impl<K: Eq + Hash, V> MemoryStore<K, V> {
         Position::new(self.position.load(Ordering::Acquire))
     }
 
+    /// Every entry, copied (a replica's starting snapshot).
+    pub(crate) fn entries(&self) -> Vec<(K, V)>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        self.map
+            .iter()
+            .map(|entry| (entry.key().clone(), entry.value().clone()))
+            .collect()
+    }
+
     fn advance(&self) -> Position {
         Position::new(self.position.fetch_add(1, Ordering::AcqRel) + 1)
     }

@@ -380,3 +380,15 @@ impl<S> FaultyStoreBuilder<S> {
         Ok(store)
     }
 }
+
+/// Positioned as its inner store is, except during an outage
+/// ([`set_failing`](FaultyStore::set_failing)): then asking for the
+/// position fails too, as a health check of a dead replica would.
+impl<S: crate::replica::Positioned> crate::replica::Positioned for FaultyStore<S> {
+    async fn applied_position(&self) -> Result<Position> {
+        if self.fail_all.load(Ordering::Acquire) {
+            return Err(Error::unavailable(COMPONENT, INJECTED));
+        }
+        self.inner.applied_position().await
+    }
+}

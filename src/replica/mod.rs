@@ -1,0 +1,78 @@
+//! Read replicas: writes to the primary, reads spread over replicas that
+//! are healthy, close enough behind and lightly loaded, with
+//! read-your-writes when a reader needs it and a fallback to the primary
+//! that cannot overload it.
+//!
+//! # Which tool for which problem
+//!
+//! | you want | use |
+//! |---|---|
+//! | reads off the primary, writes to it, in one [`Store`](crate::Store) | [`ReplicaSet`]: `ReplicaSet::builder().primary(p).replica("r1", r1)…build()` |
+//! | a slow or busy replica to get fewer reads | the default [`Balance::PeakEwma`] (power of two choices over peak-EWMA latency × reads in flight); [`weighted_replica`](ReplicaSetBuilder::weighted_replica) for bigger machines |
+//! | a failing replica out of rotation, and back later | [`Ejection`]: after N consecutive failures, for a time that doubles per repeat, never more than a share of the replicas at once; position polls double as health checks |
+//! | no reads from a replica that is too far behind | [`MaxLag`] by positions or time, with hysteresis |
+//! | a user to read what they just wrote | the position a write returns is a token: [`ReplicaSet::get_after`]; or a [`Session`] per user or request, which tracks it for you |
+//! | read-your-writes across processes (a token in a cookie or a job) | [`Position`](crate::Position) prints and parses as a number: [`Session::resume`] with it |
+//! | the primary protected when replicas fail or lag | the spill budget ([`spill_budget`](ReplicaSetBuilder::spill_budget)): beyond it a read is a typed error, not a primary overload |
+//! | replicas to test against without servers | [`simulated`]: a primary and replicas in memory with a delay you set |
+//! | PostgreSQL streaming replicas | [`PostgresStore`](crate::store::PostgresStore) (feature `postgres`): positions are WAL LSNs |
+//!
+//! # The read ladder
+//!
+//! A plain read goes to a replica that is not ejected and within
+//! `max_lag`, chosen by the [`Balance`] policy; if it fails, to one other
+//! such replica; then (if [`allow_stale_reads`](ReplicaSetBuilder::allow_stale_reads))
+//! to the least-lagged replica; then to the primary if the spill budget
+//! allows; else it is an [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable)
+//! error carrying the last replica's error. A token read goes only to
+//! replicas that have applied the token, waits up to
+//! [`token_wait`](ReplicaSetBuilder::token_wait) for one (asking the
+//! replicas for their positions meanwhile), then takes the same way down.
+//! Writes always go to the primary and return its position.
+//!
+//! ```
+//! use std::time::Duration;
+//! use scalekit::replica::{simulated::SimulatedPrimary, ReplicaSet, Session};
+//! use scalekit::Store;
+//!
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! let primary = SimulatedPrimary::<u64, String>::new();
+//! let set = ReplicaSet::builder()
+//!     .primary(primary.clone())
+//!     .replica("r1", primary.replica(Duration::from_millis(5)).await?)
+//!     .replica("r2", primary.replica(Duration::from_millis(5)).await?)
+//!     .build()
+//!     .await?;
+//!
+//! let token = set.put(7, "seven".into()).await?;      // to the primary
+//! assert_eq!(set.get_after(&7, token).await?, Some("seven".into()));
+//!
+//! let alice = Session::new(set.clone());               // tracks her token
+//! alice.put(8, "eight".into()).await?;
+//! assert_eq!(alice.get(&8).await?, Some("eight".into()));
+//! # Ok::<(), scalekit::Error>(()) }).unwrap();
+//! ```
+//!
+//! # Performance
+//!
+//! See `benches/replica.rs` and the CHANGELOG for the routing overhead
+//! per read beside calling a replica directly and beside
+//! `tower::balance::p2c`.
+
+mod budget;
+mod clock;
+mod health;
+mod lag;
+mod load;
+mod positioned;
+mod session;
+mod set;
+pub mod simulated;
+mod stats;
+
+pub use self::health::Ejection;
+pub use self::lag::MaxLag;
+pub use self::positioned::Positioned;
+pub use self::session::Session;
+pub use self::set::{Balance, ReplicaSet, ReplicaSetBuilder, MAX_REPLICAS};
+pub use self::stats::{ReplicaSetStats, ReplicaStats};
