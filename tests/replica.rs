@@ -633,3 +633,34 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_peak_ewma_a_replica_that_fails_fast_stops_being_picked() {
+    let primary = Primary::new();
+    let failing = replica(&primary, Duration::ZERO, Duration::ZERO).await;
+    let set = ReplicaSet::builder()
+        .primary(primary.clone())
+        .replica("failing", failing.clone())
+        .replica(
+            "slow",
+            replica(&primary, Duration::ZERO, Duration::from_millis(5)).await,
+        )
+        .replica(
+            "slower",
+            replica(&primary, Duration::ZERO, Duration::from_millis(8)).await,
+        )
+        .health_checks(false)
+        .build()
+        .await
+        .unwrap();
+    failing.set_failing(true);
+    for _ in 0..300 {
+        set.get(&1).await.unwrap();
+    }
+    let stats = set.stats();
+    assert!(
+        stats.replicas[0].reads <= 3,
+        "an error answers fastest, but counts as the failure penalty: {stats:?}"
+    );
+    assert_eq!(stats.spills_to_primary, 0);
+}

@@ -11,7 +11,9 @@ pub(super) struct SpillBudget {
     share: f64,
     /// Spills allowed per window whatever the reads.
     allowance: u64,
+    /// Reads ever, and at the start of the window.
     reads: AtomicU64,
+    window_start: AtomicU64,
     spills: AtomicU64,
 }
 
@@ -21,6 +23,7 @@ impl SpillBudget {
             share,
             allowance,
             reads: AtomicU64::new(0),
+            window_start: AtomicU64::new(0),
             spills: AtomicU64::new(0),
         }
     }
@@ -29,10 +32,17 @@ impl SpillBudget {
         self.reads.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Reads ever counted.
+    pub(super) fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
     /// Takes one spill from the budget if there is one left.
     pub(super) fn try_spill(&self) -> bool {
-        let allowed =
-            (self.reads.load(Ordering::Relaxed) as f64 * self.share) as u64 + self.allowance;
+        let reads = self
+            .reads()
+            .saturating_sub(self.window_start.load(Ordering::Relaxed));
+        let allowed = (reads as f64 * self.share) as u64 + self.allowance;
         let taken = self.spills.fetch_add(1, Ordering::Relaxed);
         if taken < allowed {
             true
@@ -44,7 +54,7 @@ impl SpillBudget {
 
     /// Starts a new window.
     pub(super) fn roll(&self) {
-        self.reads.store(0, Ordering::Relaxed);
+        self.window_start.store(self.reads(), Ordering::Relaxed);
         self.spills.store(0, Ordering::Relaxed);
     }
 }
@@ -63,5 +73,6 @@ mod tests {
         assert_eq!(spilled, 12);
         budget.roll();
         assert_eq!((0..100).filter(|_| budget.try_spill()).count(), 2);
+        assert_eq!(budget.reads(), 100, "reads are counted across windows");
     }
 }

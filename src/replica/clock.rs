@@ -27,6 +27,12 @@ impl Clock {
 /// A small, fast, per-thread random number source for picking replicas
 /// (xorshift64*; not for anything that needs unpredictability).
 pub(super) fn random_below(bound: usize) -> usize {
+    // Multiply-shift: an index without a division.
+    ((u128::from(random_u64()) * bound as u128) >> 64) as usize
+}
+
+/// 64 random bits (xorshift64*, per thread).
+pub(super) fn random_u64() -> u64 {
     use std::cell::Cell;
     thread_local! {
         static STATE: Cell<u64> = Cell::new({
@@ -41,9 +47,7 @@ pub(super) fn random_below(bound: usize) -> usize {
         x ^= x << 25;
         x ^= x >> 27;
         state.set(x);
-        let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        // Multiply-shift: an unbiased-enough index without a division.
-        ((u128::from(r) * bound as u128) >> 64) as usize
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     })
 }
 

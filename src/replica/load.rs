@@ -16,8 +16,8 @@ pub(super) struct Load {
     rtt: AtomicU64,
     /// When it was last updated (the set's clock).
     updated: AtomicU64,
-    /// The decay time constant, in nanoseconds.
-    decay: f64,
+    /// One over the decay time constant, in nanoseconds.
+    per_decay: f64,
 }
 
 impl Load {
@@ -26,7 +26,7 @@ impl Load {
             outstanding: AtomicU64::new(0),
             rtt: AtomicU64::new(DEFAULT_RTT_NANOS.to_bits()),
             updated: AtomicU64::new(0),
-            decay: decay_nanos.max(1) as f64,
+            per_decay: 1.0 / decay_nanos.max(1) as f64,
         }
     }
 
@@ -35,7 +35,7 @@ impl Load {
     /// exponential decay: the same shape for this purpose, without an
     /// `exp` on every pick.
     fn kept(&self, elapsed: u64) -> f64 {
-        1.0 / (1.0 + elapsed as f64 / self.decay)
+        1.0 / (1.0 + elapsed as f64 * self.per_decay)
     }
 
     /// The latency estimate now.
@@ -62,8 +62,19 @@ impl Load {
 
     /// The peak-EWMA cost: latency times the requests it would queue
     /// behind (tower's `PeakEwma` load).
+    #[cfg(test)]
     pub(super) fn cost(&self, now: u64) -> f64 {
-        self.rtt(now) * (self.outstanding.load(Ordering::Relaxed) + 1) as f64
+        let (numerator, denominator) = self.cost_fraction(now);
+        numerator / denominator
+    }
+
+    /// The cost as a fraction, for comparing two costs crosswise without
+    /// a division on the routing path.
+    pub(super) fn cost_fraction(&self, now: u64) -> (f64, f64) {
+        let rtt = f64::from_bits(self.rtt.load(Ordering::Relaxed));
+        let elapsed = now.saturating_sub(self.updated.load(Ordering::Relaxed));
+        let queued = (self.outstanding.load(Ordering::Relaxed) + 1) as f64;
+        (rtt * queued, 1.0 + elapsed as f64 * self.per_decay)
     }
 }
 

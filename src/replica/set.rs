@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use super::budget::SpillBudget;
-use super::clock::{random_below, Clock};
+use super::clock::{random_below, random_u64, Clock};
 use super::health::{Ejection, Health};
 use super::lag::{LagState, MaxLag, PrimaryHistory};
 use super::load::Load;
@@ -20,6 +20,11 @@ use crate::store::{Store, Write};
 use crate::{Error, ErrorKind, Position, Result};
 
 const COMPONENT: &str = "ReplicaSet";
+
+/// A replica's latency is measured on one read in this many (and on
+/// every failure): reading the clock costs more than the rest of the
+/// routing, and the estimate needs samples, not every read.
+const RTT_SAMPLE: u64 = 8;
 
 /// The most replicas a set takes (picking one uses a fixed-size list on
 /// the stack).
@@ -72,6 +77,10 @@ struct Inner<P, R> {
     replicas: Box<[Replica<R>]>,
     config: Config,
     clock: Clock,
+    /// The clock as last read (by the poller, measured reads and token
+    /// waits): what routing decisions use, without a clock read of
+    /// their own.
+    recent: AtomicU64,
     /// The latest primary position seen (from writes and polls).
     primary_position: AtomicU64,
     history: PrimaryHistory,
@@ -204,6 +213,18 @@ where
     P: Positioned,
     R: Positioned<Key = P::Key, Value = P::Value>,
 {
+    /// The clock now, remembered as the recent time.
+    fn now(&self) -> u64 {
+        let now = self.clock.now();
+        self.recent.fetch_max(now, Ordering::Relaxed);
+        now
+    }
+
+    /// The recent time: at most a poll interval old.
+    fn recent(&self) -> u64 {
+        self.recent.load(Ordering::Relaxed)
+    }
+
     fn saw_primary(&self, position: Position) {
         self.primary_position
             .fetch_max(position.get(), Ordering::Relaxed);
@@ -212,14 +233,26 @@ where
     /// A replica for a read: not ejected, and at or past `token` (a token
     /// read) or within `max_lag` (a plain read); `skip` was tried.
     fn pick(&self, now: u64, token: Option<u64>, skip: Option<usize>) -> Option<usize> {
-        let mut candidates = [0u8; MAX_REPLICAS];
-        let mut n = 0;
-        for (index, replica) in self.replicas.iter().enumerate() {
+        let qualifies = |index: usize| {
+            let replica = &self.replicas[index];
             let fresh = match token {
                 Some(token) => replica.lag.applied() >= token,
                 None => !replica.lag.is_excluded(),
             };
-            if fresh && Some(index) != skip && !replica.health.is_ejected(now) {
+            fresh && Some(index) != skip && !replica.health.is_ejected(now)
+        };
+        if self.config.balance == Balance::PeakEwma && self.replicas.len() > 1 {
+            // Two at random; if both qualify (the usual case), the better
+            // one, without looking at the others.
+            let (a, b) = two_at_random(self.replicas.len());
+            if qualifies(a) && qualifies(b) {
+                return Some(self.cheaper(a, b, now));
+            }
+        }
+        let mut candidates = [0u8; MAX_REPLICAS];
+        let mut n = 0;
+        for index in 0..self.replicas.len() {
+            if qualifies(index) {
                 // At most MAX_REPLICAS (64) replicas: the index fits.
                 candidates[n] = index as u8;
                 n += 1;
@@ -275,15 +308,25 @@ where
                 usize::from(best)
             }
             Balance::PeakEwma => {
-                let a = random_below(candidates.len());
-                let mut b = random_below(candidates.len() - 1);
-                if b >= a {
-                    b += 1;
-                }
-                let (a, b) = (candidates[a], candidates[b]);
-                let cost = |c: u8| replica(c).load.cost(now) / weight(c);
-                usize::from(if cost(a) <= cost(b) { a } else { b })
+                let (a, b) = two_at_random(candidates.len());
+                self.cheaper(usize::from(candidates[a]), usize::from(candidates[b]), now)
             }
+        }
+    }
+
+    /// Of replicas `a` and `b`, the one with the lower peak-EWMA cost per
+    /// unit of weight (compared crosswise: no division).
+    fn cheaper(&self, a: usize, b: usize, now: u64) -> usize {
+        let (ra, rb) = (&self.replicas[a], &self.replicas[b]);
+        let (num_a, den_a) = ra.load.cost_fraction(now);
+        let (num_b, den_b) = rb.load.cost_fraction(now);
+        // cost_a / weight_a <= cost_b / weight_b, multiplied out.
+        let cost_a = num_a * den_b * f64::from(rb.weight);
+        let cost_b = num_b * den_a * f64::from(ra.weight);
+        if cost_a <= cost_b {
+            a
+        } else {
+            b
         }
     }
 
@@ -294,9 +337,13 @@ where
         op: O,
     ) -> Result<O::Output> {
         let replica = &self.replicas[index];
-        bump(&replica.counters.reads);
+        let measured = replica
+            .counters
+            .reads
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(RTT_SAMPLE);
         let _in_flight = InFlight::new(&replica.load.outstanding);
-        let start = self.clock.now();
+        let start = if measured { self.now() } else { 0 };
         let result = match self.config.read_timeout {
             Some(limit) => tokio::time::timeout(limit, op.run(&replica.store))
                 .await
@@ -309,13 +356,16 @@ where
                 }),
             None => op.run(&replica.store).await,
         };
-        let end = self.clock.now();
         match &result {
             Ok(_) => {
-                replica.load.observe(end, end.saturating_sub(start));
+                if measured {
+                    let end = self.now();
+                    replica.load.observe(end, end.saturating_sub(start));
+                }
                 replica.health.succeeded(&self.config.ejection);
             }
             Err(error) => {
+                let end = self.now();
                 bump(&replica.counters.errors);
                 let penalty =
                     u64::try_from(self.config.failure_penalty.as_nanos()).unwrap_or(u64::MAX);
@@ -351,12 +401,12 @@ where
     /// asking the replicas for their positions meanwhile.
     async fn wait_for(&self, token: u64) -> Option<usize> {
         bump(&self.counters.token_waits);
-        let start = self.clock.now();
+        let start = self.now();
         let deadline = start
             .saturating_add(u64::try_from(self.config.token_wait.as_nanos()).unwrap_or(u64::MAX));
         let mut pause = Duration::from_millis(1);
         let found = loop {
-            let now = self.clock.now();
+            let now = self.now();
             for replica in self.replicas.iter() {
                 if replica.lag.applied() < token && !replica.health.is_ejected(now) {
                     if let Ok(position) = replica.store.applied_position().await {
@@ -364,7 +414,7 @@ where
                     }
                 }
             }
-            let now = self.clock.now();
+            let now = self.now();
             if let Some(index) = self.pick(now, Some(token), None) {
                 break Some(index);
             }
@@ -378,7 +428,7 @@ where
         };
         self.counters
             .token_wait_nanos
-            .fetch_add(self.clock.now().saturating_sub(start), Ordering::Relaxed);
+            .fetch_add(self.now().saturating_sub(start), Ordering::Relaxed);
         found
     }
 
@@ -400,10 +450,9 @@ where
         op: O,
         token: Option<Position>,
     ) -> Result<O::Output> {
-        bump(&self.counters.reads);
         self.budget.read();
         let token = token.map(Position::get);
-        let now = self.clock.now();
+        let now = self.recent();
         let mut pick = self.pick(now, token, None);
         if pick.is_none() {
             if let Some(token) = token {
@@ -416,7 +465,7 @@ where
                 Ok(output) => return Ok(output),
                 Err(error) => last_error = Some(error),
             }
-            if let Some(second) = self.pick(self.clock.now(), token, Some(first)) {
+            if let Some(second) = self.pick(self.recent(), token, Some(first)) {
                 match self.read_replica(second, op).await {
                     Ok(output) => return Ok(output),
                     Err(error) => last_error = Some(error),
@@ -460,7 +509,7 @@ where
             Ok(position) => self.saw_primary(position),
             Err(error) => tracing::warn!(%error, "cannot read the primary's position"),
         }
-        let now = self.clock.now();
+        let now = self.now();
         let primary = self.primary_position.load(Ordering::Relaxed);
         self.history.record(primary, now);
         for (index, replica) in self.replicas.iter().enumerate() {
@@ -476,12 +525,25 @@ where
                     tracing::debug!(replica = %replica.name, %error, "health check failed");
                     if self.config.health_checks {
                         bump(&replica.counters.errors);
-                        self.failed(index, self.clock.now());
+                        self.failed(index, self.now());
                     }
                 }
             }
         }
     }
+}
+
+/// Two different indices below `n` (at least 2, at most
+/// [`MAX_REPLICAS`]), at random, from one draw.
+fn two_at_random(n: usize) -> (usize, usize) {
+    let draw = random_u64();
+    let below = |bits: u64, n: usize| (((bits & 0xffff_ffff) * n as u64) >> 32) as usize;
+    let a = below(draw, n);
+    let mut b = below(draw >> 32, n - 1);
+    if b >= a {
+        b += 1;
+    }
+    (a, b)
 }
 
 /// Polls positions (and health) every interval, and starts a new spill
@@ -562,9 +624,9 @@ where
     /// The set's counters.
     pub fn stats(&self) -> ReplicaSetStats {
         let inner = &*self.inner;
-        let now = inner.clock.now();
+        let now = inner.now();
         ReplicaSetStats {
-            reads: load(&inner.counters.reads),
+            reads: inner.budget.reads(),
             writes: load(&inner.counters.writes),
             spills_to_primary: load(&inner.counters.spills),
             refused: load(&inner.counters.refused),
@@ -881,6 +943,7 @@ where
                 })
                 .collect(),
             clock: Clock::new(),
+            recent: AtomicU64::new(1),
             primary_position: AtomicU64::new(0),
             history: PrimaryHistory::default(),
             budget: SpillBudget::new(self.spill_share, self.spill_allowance),
@@ -893,5 +956,25 @@ where
         let handle = runtime.spawn(monitor(Arc::downgrade(&inner), inner.config.poll_interval));
         *inner.monitor.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
         Ok(ReplicaSet { inner })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::two_at_random;
+
+    #[test]
+    fn two_at_random_are_different_and_cover_every_pair() {
+        let mut seen = [[0u32; 3]; 3];
+        for _ in 0..3_000 {
+            let (a, b) = two_at_random(3);
+            assert!(a != b && a < 3 && b < 3);
+            seen[a][b] += 1;
+        }
+        for (a, row) in seen.iter().enumerate() {
+            for (b, &n) in row.iter().enumerate() {
+                assert!(a == b || n > 300, "{seen:?}");
+            }
+        }
     }
 }

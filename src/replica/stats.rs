@@ -59,7 +59,6 @@ pub struct ReplicaSetStats {
 
 #[derive(Debug, Default)]
 pub(super) struct SetCounters {
-    pub(super) reads: AtomicU64,
     pub(super) writes: AtomicU64,
     pub(super) spills: AtomicU64,
     pub(super) refused: AtomicU64,

@@ -123,6 +123,7 @@ impl<K, V> PostgresStore<K, V> {
             pool_size: 16,
             connect_timeout: Duration::from_secs(5),
             wait_timeout: Duration::from_secs(30),
+            create_table: true,
             types: PhantomData,
         }
     }
@@ -285,6 +286,7 @@ pub struct PostgresStoreBuilder<K, V> {
     pool_size: usize,
     connect_timeout: Duration,
     wait_timeout: Duration,
+    create_table: bool,
     types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -296,6 +298,7 @@ impl<K, V> fmt::Debug for PostgresStoreBuilder<K, V> {
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("wait_timeout", &self.wait_timeout)
+            .field("create_table", &self.create_table)
             .finish()
     }
 }
@@ -332,10 +335,22 @@ impl<K, V> PostgresStoreBuilder<K, V> {
         self
     }
 
+    /// Whether `build` creates the table if it is missing (default yes).
+    /// Say no for a read replica (a hot standby refuses DDL; the primary's
+    /// table reaches it by replication): then `build` does not connect,
+    /// and the store connects on its first call.
+    pub fn create_table(mut self, create: bool) -> Self {
+        self.create_table = create;
+        self
+    }
+
     /// Validates the configuration, connects, creates the table if needed
     /// and returns the store.
     ///
     /// # Errors
+    ///
+    /// With [`create_table(false)`](Self::create_table), the store connects
+    /// on its first call instead (an unreachable server is an error then).
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a missing or unparsable URL, a bad table name,
     /// a pool size of 0 or a zero timeout; [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) when the
@@ -377,15 +392,16 @@ impl<K, V> PostgresStoreBuilder<K, V> {
             .build()
             .map_err(|e| Error::config(COMPONENT, e.to_string()))?;
 
-        let client = pool.get().await.map_err(pool_error)?;
-        client
-            .batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS \"{}\" (k bytea PRIMARY KEY, v bytea NOT NULL)",
-                self.table
-            ))
-            .await
-            .map_err(backend("create table"))?;
-        drop(client);
+        if self.create_table {
+            let client = pool.get().await.map_err(pool_error)?;
+            client
+                .batch_execute(&format!(
+                    "CREATE TABLE IF NOT EXISTS \"{}\" (k bytea PRIMARY KEY, v bytea NOT NULL)",
+                    self.table
+                ))
+                .await
+                .map_err(backend("create table"))?;
+        }
 
         Ok(PostgresStore {
             pool,
@@ -393,5 +409,34 @@ impl<K, V> PostgresStoreBuilder<K, V> {
             table: self.table,
             types: PhantomData,
         })
+    }
+}
+
+/// The position a PostgreSQL server has reached: on a primary its WAL
+/// write position (`pg_current_wal_lsn()`), on a hot standby the WAL
+/// position it has replayed (`pg_last_wal_replay_lsn()`): the two compare,
+/// so a [`ReplicaSet`](crate::replica::ReplicaSet) of PostgreSQL stores
+/// knows each standby's lag and which standby has a write's token.
+const APPLIED_POSITION_SQL: &str = "SELECT CASE WHEN pg_is_in_recovery() \
+     THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END";
+
+impl<K, V> crate::replica::Positioned for PostgresStore<K, V>
+where
+    K: Codec + Clone + Eq + Hash,
+    V: Codec + Clone,
+{
+    async fn applied_position(&self) -> Result<Position> {
+        let client = self.connection().await?;
+        let statement = client
+            .prepare_cached(APPLIED_POSITION_SQL)
+            .await
+            .map_err(backend("applied_position"))?;
+        let row = client
+            .query_one(&statement, &[])
+            .await
+            .map_err(backend("applied_position"))?;
+        let lsn: Option<PgLsn> = row.try_get(0).map_err(backend("applied_position"))?;
+        // A standby that has replayed nothing yet reports no position.
+        Ok(Position::new(lsn.map_or(0, u64::from)))
     }
 }
