@@ -664,3 +664,42 @@ async fn with_peak_ewma_a_replica_that_fails_fast_stops_being_picked() {
     );
     assert_eq!(stats.spills_to_primary, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_read_over_the_timeout_fails_over_to_another_replica_and_counts_as_a_failure() {
+    let primary = Primary::new();
+    let set = ReplicaSet::builder()
+        .primary(primary.clone())
+        .replica(
+            "stuck",
+            replica(&primary, Duration::ZERO, Duration::from_secs(10)).await,
+        )
+        .replica(
+            "quick",
+            replica(&primary, Duration::ZERO, Duration::from_millis(1)).await,
+        )
+        .balance(Balance::RoundRobin)
+        .read_timeout(Duration::from_millis(50))
+        .ejection(Ejection {
+            after_failures: 2,
+            ..Ejection::default()
+        })
+        .health_checks(false)
+        .build()
+        .await
+        .unwrap();
+    set.put(1, "one".into()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let started = tokio::time::Instant::now();
+    for _ in 0..6 {
+        assert_eq!(set.get(&1).await.unwrap(), Some("one".into()));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "never waited out the stuck one"
+    );
+    let stats = set.stats();
+    assert_eq!(stats.replicas[0].errors, 2, "{stats:?}");
+    assert!(stats.replicas[0].ejected);
+    assert_eq!(stats.spills_to_primary, 0);
+}
