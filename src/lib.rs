@@ -78,6 +78,7 @@ mod error;
 pub mod events;
 pub mod position;
 pub mod replica;
+pub mod shard;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

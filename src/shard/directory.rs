@@ -1,0 +1,428 @@
+//! Directory routing: a table from keys, or key prefixes (a tenant's),
+//! to shards, kept in a store so that it survives restarts and is shared
+//! by every process, with a cached copy checked against an epoch number.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use super::strategy::Strategy;
+use crate::store::Store;
+use crate::{CodecDirection, Error, Result};
+
+const COMPONENT: &str = "shard directory";
+
+/// What a directory entry matches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Entry {
+    /// One key, by its routing bytes.
+    Key(Vec<u8>),
+    /// Every key whose routing bytes start with these (the longest
+    /// matching prefix wins; an exact key entry beats any prefix).
+    Prefix(Vec<u8>),
+}
+
+/// What a directory does with a key it has no entry for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unknown {
+    /// Routes it to this shard.
+    Default(usize),
+    /// Refuses it with an [`ErrorKind::Config`](crate::ErrorKind::Config) error.
+    Refuse,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Table {
+    epoch: u64,
+    keys: HashMap<Vec<u8>, u32>,
+    prefixes: HashMap<Vec<u8>, u32>,
+    /// The lengths of the prefixes, longest first when iterated in reverse.
+    prefix_lengths: BTreeSet<usize>,
+}
+
+impl Table {
+    fn insert(&mut self, entry: Entry, shard: u32) -> Option<u32> {
+        match entry {
+            Entry::Key(key) => self.keys.insert(key, shard),
+            Entry::Prefix(prefix) => {
+                self.prefix_lengths.insert(prefix.len());
+                self.prefixes.insert(prefix, shard)
+            }
+        }
+    }
+
+    fn lookup(&self, key: &[u8]) -> Option<u32> {
+        if let Some(&shard) = self.keys.get(key) {
+            return Some(shard);
+        }
+        self.prefix_lengths
+            .iter()
+            .rev()
+            .filter(|&&len| len <= key.len())
+            .find_map(|&len| self.prefixes.get(&key[..len]).copied())
+    }
+
+    /// epoch, then per entry: kind (0 key, 1 prefix), length, bytes, shard.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = self.epoch.to_be_bytes().to_vec();
+        let mut write = |kind: u8, bytes: &[u8], shard: u32| {
+            out.push(kind);
+            out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            out.extend_from_slice(bytes);
+            out.extend_from_slice(&shard.to_be_bytes());
+        };
+        for (key, &shard) in &self.keys {
+            write(0, key, shard);
+        }
+        for (prefix, &shard) in &self.prefixes {
+            write(1, prefix, shard);
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Table> {
+        let corrupt = || {
+            Error::codec(
+                CodecDirection::Decode,
+                "value",
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "a corrupt shard directory"),
+            )
+        };
+        let take = |at: &mut usize, n: usize| -> Result<&[u8]> {
+            let slice = bytes.get(*at..*at + n).ok_or_else(corrupt)?;
+            *at += n;
+            Ok(slice)
+        };
+        let word = |slice: &[u8]| u32::from_be_bytes(slice.try_into().unwrap_or_default());
+        let mut at = 0;
+        let mut table = Table {
+            epoch: u64::from_be_bytes(take(&mut at, 8)?.try_into().map_err(|_| corrupt())?),
+            ..Table::default()
+        };
+        while at < bytes.len() {
+            let kind = take(&mut at, 1)?[0];
+            let len = word(take(&mut at, 4)?) as usize;
+            let key = take(&mut at, len)?.to_vec();
+            let shard = word(take(&mut at, 4)?);
+            let entry = match kind {
+                0 => Entry::Key(key),
+                1 => Entry::Prefix(key),
+                _ => return Err(corrupt()),
+            };
+            table.insert(entry, shard);
+        }
+        Ok(table)
+    }
+}
+
+/// A directory of key (or prefix) → shard, held in `S` under `name` so
+/// that it survives restarts and every process shares it. Routing reads a
+/// cached copy; [`refresh`](Directory::refresh) reloads it when the stored
+/// epoch moved (another process changed it). Changes are read-modify-write
+/// of the whole table: make them from one process at a time.
+pub struct Directory<S> {
+    store: S,
+    name: String,
+    shards: usize,
+    unknown: Unknown,
+    cache: RwLock<Arc<Table>>,
+}
+
+impl<S> fmt::Debug for Directory<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let table = self.cache.read().unwrap_or_else(PoisonError::into_inner);
+        f.debug_struct("Directory")
+            .field("name", &self.name)
+            .field("shards", &self.shards)
+            .field("epoch", &table.epoch)
+            .field("entries", &(table.keys.len() + table.prefixes.len()))
+            .field("unknown", &self.unknown)
+            .finish()
+    }
+}
+
+impl<S: Store<Key = String, Value = Vec<u8>>> Directory<S> {
+    fn table_key(&self) -> String {
+        format!("{}/table", self.name)
+    }
+
+    fn epoch_key(&self) -> String {
+        format!("{}/epoch", self.name)
+    }
+
+    /// Opens the directory `name` in `store` (empty if it has none yet),
+    /// over `shards` shards.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for zero shards, a
+    /// default shard out of range, or a stored entry naming a shard out of
+    /// range; the store's errors; a codec error for a corrupt table.
+    pub async fn open(
+        store: S,
+        name: impl Into<String>,
+        shards: usize,
+        unknown: Unknown,
+    ) -> Result<Self> {
+        if shards == 0 {
+            return Err(Error::config(COMPONENT, "at least one shard is needed"));
+        }
+        if let Unknown::Default(shard) = unknown {
+            if shard >= shards {
+                return Err(Error::config(
+                    COMPONENT,
+                    format!("default shard {shard} of {shards}"),
+                ));
+            }
+        }
+        let directory = Directory {
+            store,
+            name: name.into(),
+            shards,
+            unknown,
+            cache: RwLock::new(Arc::new(Table::default())),
+        };
+        let table = directory.load().await?;
+        *directory
+            .cache
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
+        Ok(directory)
+    }
+
+    /// Opens the directory and writes `entries` into it at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open); [`ErrorKind::Config`](crate::ErrorKind::Config)
+    /// for an entry given twice or a shard out of range (nothing is written).
+    pub async fn create(
+        store: S,
+        name: impl Into<String>,
+        shards: usize,
+        unknown: Unknown,
+        entries: Vec<(Entry, usize)>,
+    ) -> Result<Self> {
+        let directory = Self::open(store, name, shards, unknown).await?;
+        let mut table = (*directory.table()).clone();
+        let mut seen = BTreeSet::new();
+        for (entry, shard) in entries {
+            if !seen.insert(entry.clone()) {
+                return Err(Error::config(
+                    COMPONENT,
+                    format!("{entry:?} is given twice"),
+                ));
+            }
+            table.insert(entry, directory.check_shard(shard)?);
+        }
+        directory.save(table).await?;
+        Ok(directory)
+    }
+
+    fn check_shard(&self, shard: usize) -> Result<u32> {
+        if shard >= self.shards {
+            return Err(Error::config(
+                COMPONENT,
+                format!("shard {shard} is not one of the {} shards", self.shards),
+            ));
+        }
+        Ok(shard as u32)
+    }
+
+    fn table(&self) -> Arc<Table> {
+        Arc::clone(&self.cache.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    async fn load(&self) -> Result<Table> {
+        let table = match self.store.get(&self.table_key()).await? {
+            Some(bytes) => Table::decode(&bytes)?,
+            None => Table::default(),
+        };
+        let out_of_range = table
+            .keys
+            .values()
+            .chain(table.prefixes.values())
+            .find(|&&shard| shard as usize >= self.shards);
+        if let Some(shard) = out_of_range {
+            return Err(Error::config(
+                COMPONENT,
+                format!(
+                    "the stored directory names shard {shard} of {}",
+                    self.shards
+                ),
+            ));
+        }
+        Ok(table)
+    }
+
+    /// Writes `table` with the next epoch: the table first, then the
+    /// epoch readers check.
+    async fn save(&self, mut table: Table) -> Result<u64> {
+        table.epoch += 1;
+        self.store.put(self.table_key(), table.encode()).await?;
+        self.store
+            .put(self.epoch_key(), table.epoch.to_be_bytes().to_vec())
+            .await?;
+        let epoch = table.epoch;
+        *self.cache.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
+        Ok(epoch)
+    }
+
+    /// Routes `entry` to `shard` from now on; returns the new epoch.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a shard out of
+    /// range; the store's errors.
+    pub async fn assign(&self, entry: Entry, shard: usize) -> Result<u64> {
+        let shard = self.check_shard(shard)?;
+        let mut table = self.load().await?;
+        table.insert(entry, shard);
+        self.save(table).await
+    }
+
+    /// Reloads the table if another process changed it (its epoch moved);
+    /// `true` if it did.
+    ///
+    /// # Errors
+    ///
+    /// The store's errors; a codec error for a corrupt table.
+    pub async fn refresh(&self) -> Result<bool> {
+        let stored = match self.store.get(&self.epoch_key()).await? {
+            Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().unwrap_or_default()),
+            None => 0,
+        };
+        if stored == self.epoch() {
+            return Ok(false);
+        }
+        let table = self.load().await?;
+        *self.cache.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
+        Ok(true)
+    }
+
+    /// The epoch of the cached table.
+    pub fn epoch(&self) -> u64 {
+        self.table().epoch
+    }
+}
+
+impl<S: Store<Key = String, Value = Vec<u8>>> Strategy for Directory<S> {
+    fn shard(&self, key: &[u8], _hash: u64) -> Result<usize> {
+        let found = self
+            .cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .lookup(key);
+        match (found, self.unknown) {
+            (Some(shard), _) => Ok(shard as usize),
+            (None, Unknown::Default(shard)) => Ok(shard),
+            (None, Unknown::Refuse) => Err(Error::config(
+                COMPONENT,
+                format!(
+                    "no directory entry for key {:?}",
+                    String::from_utf8_lossy(key)
+                ),
+            )),
+        }
+    }
+
+    fn shards(&self) -> usize {
+        self.shards
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+
+    #[test]
+    fn a_table_round_trips_and_a_corrupt_one_is_an_error() {
+        let mut table = Table {
+            epoch: 7,
+            ..Table::default()
+        };
+        table.insert(Entry::Key(b"user:1".to_vec()), 2);
+        table.insert(Entry::Prefix(b"acme/".to_vec()), 1);
+        let decoded = Table::decode(&table.encode()).unwrap();
+        assert_eq!(decoded, table);
+        let mut torn = table.encode();
+        torn.truncate(torn.len() - 2);
+        assert!(Table::decode(&torn).is_err());
+    }
+
+    #[tokio::test]
+    async fn keys_then_the_longest_prefix_then_the_default_decide() {
+        let store = Arc::new(MemoryStore::<String, Vec<u8>>::new());
+        let directory = Directory::create(
+            Arc::clone(&store),
+            "tenants",
+            4,
+            Unknown::Default(0),
+            vec![
+                (Entry::Prefix(b"acme/".to_vec()), 1),
+                (Entry::Prefix(b"acme/eu/".to_vec()), 2),
+                (Entry::Key(b"acme/eu/ceo".to_vec()), 3),
+            ],
+        )
+        .await
+        .unwrap();
+        let shard = |key: &str| directory.shard(key.as_bytes(), 0).unwrap();
+        assert_eq!(shard("acme/us/bob"), 1);
+        assert_eq!(shard("acme/eu/ann"), 2);
+        assert_eq!(shard("acme/eu/ceo"), 3);
+        assert_eq!(shard("globex/x"), 0);
+
+        // Another process sees a change after refreshing.
+        let other = Directory::open(Arc::clone(&store), "tenants", 4, Unknown::Refuse)
+            .await
+            .unwrap();
+        assert_eq!(other.shard(b"acme/us/bob", 0).unwrap(), 1);
+        directory
+            .assign(Entry::Prefix(b"acme/us/".to_vec()), 3)
+            .await
+            .unwrap();
+        assert!(other.refresh().await.unwrap());
+        assert_eq!(other.shard(b"acme/us/bob", 0).unwrap(), 3);
+        assert!(!other.refresh().await.unwrap(), "no change: no reload");
+        assert!(other.shard(b"globex/x", 0).is_err(), "refused");
+    }
+
+    #[tokio::test]
+    async fn bad_directories_are_config_errors() {
+        let store = || Arc::new(MemoryStore::<String, Vec<u8>>::new());
+        let twice = Directory::create(
+            store(),
+            "d",
+            2,
+            Unknown::Refuse,
+            vec![
+                (Entry::Key(b"a".to_vec()), 0),
+                (Entry::Key(b"a".to_vec()), 1),
+            ],
+        )
+        .await
+        .unwrap_err();
+        let unknown_shard = Directory::create(
+            store(),
+            "d",
+            2,
+            Unknown::Refuse,
+            vec![(Entry::Key(b"a".to_vec()), 2)],
+        )
+        .await
+        .unwrap_err();
+        let bad_default = Directory::open(store(), "d", 2, Unknown::Default(5))
+            .await
+            .unwrap_err();
+        let no_shards = Directory::open(store(), "d", 0, Unknown::Refuse)
+            .await
+            .unwrap_err();
+        for error in [twice, unknown_shard, bad_default, no_shards] {
+            assert!(
+                matches!(error.kind(), crate::ErrorKind::Config { .. }),
+                "{error}"
+            );
+        }
+    }
+}

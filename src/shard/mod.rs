@@ -1,0 +1,50 @@
+//! Sharding: when data outgrows one database, each key lives on one of
+//! many stores, and the router is itself a [`Store`](crate::Store).
+//!
+//! # Which tool for which problem
+//!
+//! | you want | use |
+//! |---|---|
+//! | keys spread evenly, shards added at the end, no state | [`Jump`] (the default): moves only the 1/(N+1) of keys a new shard takes |
+//! | any shard added or removed, moving only its keys | [`Rendezvous`] (a score per shard per key; best up to a few dozen shards) or [`Ring`] (virtual nodes; a binary search per key) |
+//! | range scans on few shards, or hot ranges split by hand | [`Ranges`] ([`Ranges::split_at`] for boundaries) |
+//! | a tenant (or any key) placed on a chosen shard, shared by every process | [`Directory`]: entries by key or prefix, kept in a store, cached and checked against an epoch |
+//! | many keys read or written at once | `get_many` and `write_batch`: one call per shard, all shards at once ([`Sharded::gather`] and [`Sharded::scatter`] for partial results) |
+//! | a slow shard not to stall a whole batch | [`per_shard_timeout`](ShardedBuilder::per_shard_timeout) and [`PartialFailure::ReturnPartial`] |
+//!
+//! Every key is routed by its [`ShardKey`] bytes and their [`key_hash`]
+//! (FNV-1a then the SplitMix64 finaliser), which are fixed: every
+//! process, on every machine and every version of scalekit, routes a key
+//! to the same shard.
+//!
+//! ```
+//! use scalekit::shard::{Rendezvous, Sharded};
+//! use scalekit::{MemoryStore, Store, Write};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let users = Sharded::builder()
+//!     .shards((0..4).map(|_| MemoryStore::<u64, String>::new()))
+//!     .strategy(Rendezvous::new(4)?)
+//!     .build()?;
+//! users.write_batch((0..100).map(|id| Write::Put(id, format!("user {id}"))).collect()).await?;
+//! let some = users.get_many(&[3, 50, 99]).await?;        // three shards, at once
+//! assert_eq!(some[1].as_deref(), Some("user 50"));
+//! assert!(users.stats().balance < 0.5);
+//! # Ok::<(), scalekit::Error>(()) }).unwrap();
+//! ```
+//!
+//! Not yet here: virtual buckets and online resharding (moving keys to a
+//! new shard map while writes continue); see the CHANGELOG.
+
+mod directory;
+mod join;
+mod key;
+mod sharded;
+mod strategy;
+
+pub use self::directory::{Directory, Entry, Unknown};
+pub use self::key::{key_hash, RoutingBytes, ShardKey};
+pub use self::sharded::{
+    Gathered, PartialFailure, Scattered, ShardError, ShardStats, Sharded, ShardedBuilder,
+};
+pub use self::strategy::{jump, Jump, KeyRange, Ranges, Rendezvous, Ring, Strategy};
