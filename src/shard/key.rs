@@ -15,6 +15,7 @@ pub enum RoutingBytes<'a> {
 }
 
 impl RoutingBytes<'_> {
+    #[inline]
     fn inline(bytes: &[u8]) -> Self {
         let mut buffer = [0u8; 16];
         buffer[..bytes.len()].copy_from_slice(bytes);
@@ -31,6 +32,7 @@ impl RoutingBytes<'_> {
 impl Deref for RoutingBytes<'_> {
     type Target = [u8];
 
+    #[inline]
     fn deref(&self) -> &[u8] {
         match self {
             RoutingBytes::Borrowed(bytes) => bytes,
@@ -57,6 +59,7 @@ pub trait ShardKey {
 macro_rules! unsigned_keys {
     ($($t:ty),*) => {$(
         impl ShardKey for $t {
+            #[inline]
             fn routing_bytes(&self) -> RoutingBytes<'_> {
                 RoutingBytes::inline(&self.to_be_bytes())
             }
@@ -118,24 +121,27 @@ impl<T: ShardKey + ?Sized> ShardKey for std::sync::Arc<T> {
 /// word carries the byte count in its top byte), then the SplitMix64
 /// finaliser (FNV alone mixes the last bytes poorly). Fixed forever:
 /// changing it would move every key.
+#[inline]
 pub fn key_hash(bytes: &[u8]) -> u64 {
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut words = bytes.chunks_exact(8);
     for word in &mut words {
-        let mut word_bytes = [0u8; 8];
-        word_bytes.copy_from_slice(word);
-        hash = (hash ^ u64::from_le_bytes(word_bytes)).wrapping_mul(PRIME);
+        let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
+        hash = (hash ^ word).wrapping_mul(PRIME);
     }
-    let rest = words.remainder();
-    let mut tail = [0u8; 8];
-    tail[..rest.len()].copy_from_slice(rest);
-    tail[7] = bytes.len() as u8;
-    hash = (hash ^ u64::from_le_bytes(tail)).wrapping_mul(PRIME);
+    // The tail built in a register (bytes stored one by one and read back
+    // as a word would stall the load).
+    let mut tail = u64::from(bytes.len() as u8) << 56;
+    for (i, &byte) in words.remainder().iter().enumerate() {
+        tail |= u64::from(byte) << (8 * i);
+    }
+    hash = (hash ^ tail).wrapping_mul(PRIME);
     mix(hash)
 }
 
 /// SplitMix64's finaliser: a bijection that spreads every input bit.
+#[inline]
 pub(super) fn mix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

@@ -54,6 +54,7 @@ impl Jump {
 }
 
 /// The jump function itself: the bucket below `buckets` for `hash`.
+#[inline]
 pub fn jump(mut hash: u64, buckets: u32) -> u32 {
     let (mut b, mut j) = (-1i64, 0i64);
     while j < i64::from(buckets) {
