@@ -36,12 +36,14 @@
 //! Not yet here: virtual buckets and online resharding (moving keys to a
 //! new shard map while writes continue); see the CHANGELOG.
 
+mod buckets;
 mod directory;
 mod join;
 mod key;
 mod sharded;
 mod strategy;
 
+pub use self::buckets::{BucketSharded, BucketTable, MetaStore, Phase, ReshardingProgress};
 pub use self::directory::{Directory, Entry, Unknown};
 pub use self::key::{key_hash, RoutingBytes, ShardKey};
 pub use self::sharded::{

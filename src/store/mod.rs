@@ -104,6 +104,7 @@ mod dyn_store;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod scan;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 #[cfg(feature = "sqlite")]
@@ -114,6 +115,7 @@ pub use dyn_store::DynStore;
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
+pub use scan::Scan;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, SqliteStoreBuilder, Synchronous};
 pub use write::Write;

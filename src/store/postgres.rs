@@ -28,6 +28,7 @@ struct Statements {
     put: String,
     delete: String,
     batch: String,
+    scan: String,
 }
 
 impl Statements {
@@ -47,6 +48,7 @@ impl Statements {
             // One statement is one transaction: the deletes and the upserts
             // (disjoint keys after coalescing) commit together or not at all.
             batch: format!("WITH deleted AS (DELETE FROM \"{table}\" WHERE k = ANY($3)) {upsert}"),
+            scan: format!("SELECT k, v FROM \"{table}\""),
         }
     }
 }
@@ -438,5 +440,31 @@ where
         let lsn: Option<PgLsn> = row.try_get(0).map_err(backend("applied_position"))?;
         // A standby that has replayed nothing yet reports no position.
         Ok(Position::new(lsn.map_or(0, u64::from)))
+    }
+}
+
+/// Every row of the table (for moving data between stores).
+impl<K, V> crate::store::Scan for PostgresStore<K, V>
+where
+    K: Codec + Clone + Eq + Hash,
+    V: Codec + Clone,
+{
+    async fn entries(&self) -> Result<Vec<(K, V)>> {
+        let client = self.connection().await?;
+        let statement = client
+            .prepare_cached(&self.statements.scan)
+            .await
+            .map_err(backend("entries"))?;
+        let rows = client
+            .query(&statement, &[])
+            .await
+            .map_err(backend("entries"))?;
+        rows.iter()
+            .map(|row| {
+                let key: &[u8] = row.try_get(0).map_err(backend("entries"))?;
+                let value: &[u8] = row.try_get(1).map_err(backend("entries"))?;
+                Ok((sql::decode("key", key)?, sql::decode("value", value)?))
+            })
+            .collect()
     }
 }

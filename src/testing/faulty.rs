@@ -392,3 +392,13 @@ impl<S: crate::replica::Positioned> crate::replica::Positioned for FaultyStore<S
         self.inner.applied_position().await
     }
 }
+
+/// Lists its inner store's entries, failing during an outage.
+impl<S: crate::store::Scan> crate::store::Scan for FaultyStore<S> {
+    async fn entries(&self) -> Result<Vec<(S::Key, S::Value)>> {
+        if self.fail_all.load(Ordering::Acquire) {
+            return Err(Error::unavailable(COMPONENT, INJECTED));
+        }
+        self.inner.entries().await
+    }
+}

@@ -1,0 +1,9 @@
+//! Virtual buckets and online resharding.
+
+mod migration;
+mod store;
+mod table;
+
+pub use self::migration::Phase;
+pub use self::store::{BucketSharded, MetaStore, ReshardingProgress};
+pub use self::table::BucketTable;
