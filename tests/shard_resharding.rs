@@ -66,7 +66,22 @@ async fn growing_from_four_to_five_shards_moves_a_fifth_of_the_buckets_and_loses
     let started = store.start_resharding(&[0, 1, 2, 3, 4]).await.unwrap();
     assert_eq!(started.moving, 51, "256 / 5 of the buckets");
     assert_eq!(started.phase, Some(Phase::Copying));
-    store.finish().await.unwrap();
+    // Batched reads answer right at every step: one get_many per shard.
+    let keys: Vec<u64> = (0..1000).collect();
+    let answers = |values: Vec<Option<String>>| {
+        values
+            .into_iter()
+            .zip(&keys)
+            .all(|(value, key)| value == expected[key])
+    };
+    assert!(answers(store.get_many(&keys).await.unwrap()));
+    while store.copy_next().await.unwrap() {}
+    store.switch_reads().await.unwrap();
+    assert!(answers(store.get_many(&keys).await.unwrap()));
+    store.switch_writes().await.unwrap();
+    assert!(answers(store.get_many(&keys).await.unwrap()));
+    store.clean_up().await.unwrap();
+    assert!(answers(store.get_many(&keys).await.unwrap()));
     let done = store.progress();
     assert_eq!((done.phase, done.version), (None, 2));
     assert!(store
@@ -75,7 +90,12 @@ async fn growing_from_four_to_five_shards_moves_a_fifth_of_the_buckets_and_loses
         .iter()
         .all(|&n| n == 51 || n == 52));
     check(&store, &shards, &expected).await;
-    assert!(shards[4].get(&0).await.is_ok());
+    let stats = store.stats();
+    assert!(
+        stats.requests[4] > 0,
+        "the new shard serves its share: {stats:?}"
+    );
+    assert!(stats.balance < 1.0);
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@
 //! | a tenant (or any key) placed on a chosen shard, shared by every process | [`Directory`]: entries by key or prefix, kept in a store, cached and checked against an epoch |
 //! | many keys read or written at once | `get_many` and `write_batch`: one call per shard, all shards at once ([`Sharded::gather`] and [`Sharded::scatter`] for partial results) |
 //! | a slow shard not to stall a whole batch | [`per_shard_timeout`](ShardedBuilder::per_shard_timeout) and [`PartialFailure::ReturnPartial`] |
+//! | to add or remove shards later, online | [`BucketSharded`]: keys → a fixed number of buckets → shards by a versioned [`BucketTable`]; [`reshard`](BucketSharded::reshard) moves buckets while reads and writes go on, and survives a crash between steps |
 //!
 //! Every key is routed by its [`ShardKey`] bytes and their [`key_hash`]
 //! (FNV-1a then the SplitMix64 finaliser), which are fixed: every
@@ -33,8 +34,29 @@
 //! # Ok::<(), scalekit::Error>(()) }).unwrap();
 //! ```
 //!
-//! Not yet here: virtual buckets and online resharding (moving keys to a
-//! new shard map while writes continue); see the CHANGELOG.
+//! # Online resharding
+//!
+//! [`BucketSharded`] keeps its table, and a record of any resharding, in
+//! a meta store. A resharding to a new set of shards from its pool moves
+//! as few buckets as an even spread allows (4 → 5 shards: a fifth), and
+//! goes: writes to the moving buckets go to both owners → each old
+//! shard's moving buckets are copied under their locks (writes to them
+//! wait meanwhile) and verified by per-bucket checksums → reads switch to
+//! the new owners → writes switch → the old copies are removed and the
+//! new table becomes current. Every step is recorded: opening the store
+//! again after a crash resumes where it was; until the writes switch,
+//! [`roll_back`](BucketSharded::roll_back) returns to the old layout. It
+//! needs shards that can list their entries ([`Scan`](crate::store::Scan)).
+//!
+//! # Performance (a shared 2-core machine; `cargo bench --bench shard`)
+//!
+//! Routing a `u64` key costs 0.77× of the `jumphash` crate with jump
+//! hashing and 0.49× of the `hashring` crate over the same ring (100
+//! points per shard). `get_many` of 1,000 keys over 8 in-memory shards is
+//! 1.7× faster than 1,000 single gets: every key still pays its route and
+//! its shard's lookup, which are most of a single get's cost when shards
+//! are in memory; a shard a network round trip away is where one call per
+//! shard pays off.
 
 mod buckets;
 mod directory;

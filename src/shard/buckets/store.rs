@@ -2,12 +2,14 @@
 
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use super::migration::{Migration, Phase};
 use super::table::BucketTable;
 use crate::shard::join::join_all;
 use crate::shard::key::{key_hash, ShardKey};
+use crate::shard::sharded::{std_over_mean, ShardStats};
 use crate::store::{DynStore, Scan, Store, Write};
 use crate::{Error, Position, Result};
 
@@ -30,6 +32,9 @@ struct Inner<S> {
     /// routing state (a resharding's start, its write switch, its end)
     /// hold it exclusively, so that no write straddles one.
     gate: tokio::sync::RwLock<()>,
+    /// Per shard of the pool: keys routed to it, calls made to it.
+    keys: Box<[AtomicU64]>,
+    requests: Box<[AtomicU64]>,
 }
 
 /// A sharded [`Store`] whose keys map to a fixed number of buckets and
@@ -146,6 +151,7 @@ where
                 format!("{initial} initial shards out of a pool of {}", shards.len()),
             ));
         }
+        let pool_size = shards.len();
         let store = BucketSharded {
             inner: Arc::new(Inner {
                 shards: shards.into_boxed_slice(),
@@ -159,6 +165,8 @@ where
                     migration: None,
                 })),
                 gate: tokio::sync::RwLock::new(()),
+                keys: (0..pool_size).map(|_| AtomicU64::new(0)).collect(),
+                requests: (0..pool_size).map(|_| AtomicU64::new(0)).collect(),
             }),
         };
         let table = match store.inner.meta.get(&store.table_key()).await? {
@@ -215,6 +223,35 @@ where
         &self.inner.shards
     }
 
+    /// Shard `index`, counting a call of `keys` keys to it.
+    fn counted(&self, index: usize, keys: u64) -> &S {
+        self.inner.keys[index].fetch_add(keys, Ordering::Relaxed);
+        self.inner.requests[index].fetch_add(1, Ordering::Relaxed);
+        &self.inner.shards[index]
+    }
+
+    /// Keys and calls per shard of the pool, and how evenly the keys
+    /// spread over the shards the table uses.
+    pub fn stats(&self) -> ShardStats {
+        let load = |counters: &[AtomicU64]| -> Vec<u64> {
+            counters.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+        };
+        let keys = load(&self.inner.keys);
+        let used: Vec<u64> = {
+            let owned = self.table().buckets_per_shard(keys.len());
+            keys.iter()
+                .zip(owned)
+                .filter(|&(_, buckets)| buckets > 0)
+                .map(|(&k, _)| k)
+                .collect()
+        };
+        ShardStats {
+            balance: std_over_mean(&used),
+            keys,
+            requests: load(&self.inner.requests),
+        }
+    }
+
     /// The current table.
     pub fn table(&self) -> Arc<BucketTable> {
         Arc::clone(&self.state().table)
@@ -245,15 +282,16 @@ where
         let _gate = self.inner.gate.read().await;
         let state = self.state();
         let bucket = state.table.bucket_of(key_hash(&key.routing_bytes()));
-        let old = &self.inner.shards[state.table.owner(bucket)];
+        let old = state.table.owner(bucket);
         let Some(migration) = state.migration.as_ref().filter(|m| m.moving[bucket]) else {
-            return op.apply(old).await;
+            return op.apply(self.counted(old, 1)).await;
         };
         let _writing = migration.locks[bucket].read().await;
-        let new = &self.inner.shards[migration.to.owner(bucket)];
+        let new = self.counted(migration.to.owner(bucket), 1);
         if migration.phase() == Phase::WritesSwitched {
             return op.apply(new).await;
         }
+        let old = self.counted(old, 1);
         let position = op.apply(old).await?;
         if let Err(error) = op.apply(new).await {
             // The copy is behind now: copy the bucket again before reads
@@ -616,7 +654,32 @@ where
     type Value = S::Value;
 
     async fn get(&self, key: &S::Key) -> Result<Option<S::Value>> {
-        self.inner.shards[self.shard_of(key)].get(key).await
+        self.counted(self.shard_of(key), 1).get(key).await
+    }
+
+    /// One `get_many` per shard, all shards at once.
+    async fn get_many(&self, keys: &[S::Key]) -> Result<Vec<Option<S::Value>>> {
+        let mut by_shard = vec![Vec::new(); self.inner.shards.len()];
+        for (index, key) in keys.iter().enumerate() {
+            by_shard[self.shard_of(key)].push(index);
+        }
+        let calls = by_shard
+            .iter()
+            .enumerate()
+            .filter(|(_, indices)| !indices.is_empty())
+            .map(|(shard, indices)| async move {
+                let shard_keys: Vec<S::Key> = indices.iter().map(|&i| keys[i].clone()).collect();
+                let store = self.counted(shard, indices.len() as u64);
+                (indices, store.get_many(&shard_keys).await)
+            })
+            .collect();
+        let mut values = vec![None; keys.len()];
+        for (indices, result) in join_all(calls).await {
+            for (&index, value) in indices.iter().zip(result?) {
+                values[index] = value;
+            }
+        }
+        Ok(values)
     }
 
     async fn put(&self, key: S::Key, value: S::Value) -> Result<Position> {
