@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use scalekit::replica::simulated::{SimulatedPrimary, SimulatedReplica};
-use scalekit::replica::{Balance, Ejection, MaxLag, ReplicaSet, Session};
+use scalekit::replica::{Balance, Ejection, MaxLag, ReplicaSet, ReplicaSetBuilder, Session};
 use scalekit::testing::{conformance, FaultyStore};
 use scalekit::{ErrorKind, Position, Store};
 
@@ -26,6 +26,19 @@ async fn replica(primary: &Primary, delay: Duration, latency: Duration) -> Repli
     )
 }
 
+/// A replica set over `primary` with the named replicas, each `(name,
+/// delay, latency)` as [`replica`] makes them.
+async fn replicated(
+    primary: &Primary,
+    replicas: &[(&str, Duration, Duration)],
+) -> ReplicaSetBuilder<Primary, Replica> {
+    let mut builder = ReplicaSet::builder().primary(primary.clone());
+    for &(name, delay, latency) in replicas {
+        builder = builder.replica(name, replica(primary, delay, latency).await);
+    }
+    builder
+}
+
 fn reads_of(set: &Set) -> Vec<u64> {
     set.stats().replicas.iter().map(|r| r.reads).collect()
 }
@@ -33,19 +46,17 @@ fn reads_of(set: &Set) -> Vec<u64> {
 #[tokio::test(start_paused = true)]
 async fn writes_go_to_the_primary_and_reads_to_the_replicas() {
     let primary = Primary::new();
-    let set = ReplicaSet::builder()
-        .primary(primary.clone())
-        .replica(
-            "r1",
-            replica(&primary, Duration::from_millis(5), Duration::ZERO).await,
-        )
-        .replica(
-            "r2",
-            replica(&primary, Duration::from_millis(5), Duration::ZERO).await,
-        )
-        .build()
-        .await
-        .unwrap();
+    let set = replicated(
+        &primary,
+        &[
+            ("r1", Duration::from_millis(5), Duration::ZERO),
+            ("r2", Duration::from_millis(5), Duration::ZERO),
+        ],
+    )
+    .await
+    .build()
+    .await
+    .unwrap();
     let token = set.put(1, "one".into()).await.unwrap();
     assert_eq!(primary.get(&1).await.unwrap(), Some("one".into()));
     assert_eq!(set.primary_position(), token);
@@ -71,20 +82,18 @@ async fn writes_go_to_the_primary_and_reads_to_the_replicas() {
 #[tokio::test(start_paused = true)]
 async fn a_token_read_sees_the_write_even_when_every_replica_lags() {
     let primary = Primary::new();
-    let set = ReplicaSet::builder()
-        .primary(primary.clone())
-        .replica(
-            "r1",
-            replica(&primary, Duration::from_millis(30), Duration::ZERO).await,
-        )
-        .replica(
-            "r2",
-            replica(&primary, Duration::from_millis(30), Duration::ZERO).await,
-        )
-        .token_wait(Duration::from_millis(100))
-        .build()
-        .await
-        .unwrap();
+    let set = replicated(
+        &primary,
+        &[
+            ("r1", Duration::from_millis(30), Duration::ZERO),
+            ("r2", Duration::from_millis(30), Duration::ZERO),
+        ],
+    )
+    .await
+    .token_wait(Duration::from_millis(100))
+    .build()
+    .await
+    .unwrap();
     let token = set.put(1, "one".into()).await.unwrap();
     assert_eq!(
         set.get(&1).await.unwrap(),
@@ -104,16 +113,15 @@ async fn a_token_read_sees_the_write_even_when_every_replica_lags() {
 #[tokio::test(start_paused = true)]
 async fn a_token_read_falls_back_to_the_primary_when_no_replica_catches_up_in_time() {
     let primary = Primary::new();
-    let set = ReplicaSet::builder()
-        .primary(primary.clone())
-        .replica(
-            "slow",
-            replica(&primary, Duration::from_secs(5), Duration::ZERO).await,
-        )
-        .token_wait(Duration::from_millis(20))
-        .build()
-        .await
-        .unwrap();
+    let set = replicated(
+        &primary,
+        &[("slow", Duration::from_secs(5), Duration::ZERO)],
+    )
+    .await
+    .token_wait(Duration::from_millis(20))
+    .build()
+    .await
+    .unwrap();
     let token = set.put(1, "one".into()).await.unwrap();
     assert_eq!(set.get_after(&1, token).await.unwrap(), Some("one".into()));
     let stats = set.stats();
@@ -155,23 +163,18 @@ async fn tokens_travel_as_text_and_work_in_another_replica_set_over_the_same_ser
 #[tokio::test(start_paused = true)]
 async fn a_replica_ten_times_slower_gets_under_a_fifth_of_the_reads() {
     let primary = Primary::new();
-    let set = ReplicaSet::builder()
-        .primary(primary.clone())
-        .replica(
-            "fast-1",
-            replica(&primary, Duration::ZERO, Duration::from_millis(1)).await,
-        )
-        .replica(
-            "fast-2",
-            replica(&primary, Duration::ZERO, Duration::from_millis(1)).await,
-        )
-        .replica(
-            "slow",
-            replica(&primary, Duration::ZERO, Duration::from_millis(10)).await,
-        )
-        .build()
-        .await
-        .unwrap();
+    let set = replicated(
+        &primary,
+        &[
+            ("fast-1", Duration::ZERO, Duration::from_millis(1)),
+            ("fast-2", Duration::ZERO, Duration::from_millis(1)),
+            ("slow", Duration::ZERO, Duration::from_millis(10)),
+        ],
+    )
+    .await
+    .build()
+    .await
+    .unwrap();
     let set = Arc::new(set);
     let readers: Vec<_> = (0..8)
         .map(|_| {
@@ -367,24 +370,22 @@ async fn a_replica_too_far_behind_gets_no_plain_reads_until_it_is_well_within_bo
 #[tokio::test(start_paused = true)]
 async fn stale_reads_when_allowed_go_to_the_least_lagged_replica_before_the_primary() {
     let primary = Primary::new();
-    let set = ReplicaSet::builder()
-        .primary(primary.clone())
-        .replica(
-            "far",
-            replica(&primary, Duration::from_secs(60), Duration::ZERO).await,
-        )
-        .replica(
-            "farther",
-            replica(&primary, Duration::from_secs(120), Duration::ZERO).await,
-        )
-        .max_lag(MaxLag {
-            positions: Some(1),
-            time: None,
-        })
-        .allow_stale_reads(true)
-        .build()
-        .await
-        .unwrap();
+    let set = replicated(
+        &primary,
+        &[
+            ("far", Duration::from_secs(60), Duration::ZERO),
+            ("farther", Duration::from_secs(120), Duration::ZERO),
+        ],
+    )
+    .await
+    .max_lag(MaxLag {
+        positions: Some(1),
+        time: None,
+    })
+    .allow_stale_reads(true)
+    .build()
+    .await
+    .unwrap();
     set.put(1, "one".into()).await.unwrap();
     set.put(2, "two".into()).await.unwrap();
     set.refresh().await;
@@ -432,20 +433,18 @@ async fn every_balance_policy_serves_reads_from_the_replicas() {
         Balance::PeakEwma,
     ] {
         let primary = Primary::new();
-        let set = ReplicaSet::builder()
-            .primary(primary.clone())
-            .replica(
-                "a",
-                replica(&primary, Duration::ZERO, Duration::from_millis(1)).await,
-            )
-            .replica(
-                "b",
-                replica(&primary, Duration::ZERO, Duration::from_millis(1)).await,
-            )
-            .balance(balance)
-            .build()
-            .await
-            .unwrap();
+        let set = replicated(
+            &primary,
+            &[
+                ("a", Duration::ZERO, Duration::from_millis(1)),
+                ("b", Duration::ZERO, Duration::from_millis(1)),
+            ],
+        )
+        .await
+        .balance(balance)
+        .build()
+        .await
+        .unwrap();
         for _ in 0..200 {
             set.get(&1).await.unwrap();
         }
@@ -668,26 +667,24 @@ async fn with_peak_ewma_a_replica_that_fails_fast_stops_being_picked() {
 #[tokio::test(start_paused = true)]
 async fn a_read_over_the_timeout_fails_over_to_another_replica_and_counts_as_a_failure() {
     let primary = Primary::new();
-    let set = ReplicaSet::builder()
-        .primary(primary.clone())
-        .replica(
-            "stuck",
-            replica(&primary, Duration::ZERO, Duration::from_secs(10)).await,
-        )
-        .replica(
-            "quick",
-            replica(&primary, Duration::ZERO, Duration::from_millis(1)).await,
-        )
-        .balance(Balance::RoundRobin)
-        .read_timeout(Duration::from_millis(50))
-        .ejection(Ejection {
-            after_failures: 2,
-            ..Ejection::default()
-        })
-        .health_checks(false)
-        .build()
-        .await
-        .unwrap();
+    let set = replicated(
+        &primary,
+        &[
+            ("stuck", Duration::ZERO, Duration::from_secs(10)),
+            ("quick", Duration::ZERO, Duration::from_millis(1)),
+        ],
+    )
+    .await
+    .balance(Balance::RoundRobin)
+    .read_timeout(Duration::from_millis(50))
+    .ejection(Ejection {
+        after_failures: 2,
+        ..Ejection::default()
+    })
+    .health_checks(false)
+    .build()
+    .await
+    .unwrap();
     set.put(1, "one".into()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1)).await;
     let started = tokio::time::Instant::now();

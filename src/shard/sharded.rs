@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::join::join_all;
+use super::join::{by_shard, get_many_by_shard, join_all};
 use super::key::{key_hash, ShardKey};
 use super::strategy::{Jump, Strategy};
 use crate::store::{Store, Write};
@@ -153,18 +153,6 @@ where
         &self.inner.shards[shard]
     }
 
-    /// Splits item indices by shard: per shard, the indices of its items.
-    fn split<'k>(&self, keys: impl Iterator<Item = &'k S::Key>) -> Result<Vec<Vec<usize>>>
-    where
-        S::Key: 'k,
-    {
-        let mut by_shard = vec![Vec::new(); self.inner.shards.len()];
-        for (index, key) in keys.enumerate() {
-            by_shard[self.shard_of(key)?].push(index);
-        }
-        Ok(by_shard)
-    }
-
     /// Runs `call` on a shard within the per-shard timeout.
     async fn bounded<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         match self.inner.timeout {
@@ -188,27 +176,20 @@ where
     /// With `PartialFailure::Fail`, the first failed shard's error; the
     /// strategy's for a key it cannot route.
     pub async fn gather(&self, keys: &[S::Key]) -> Result<Gathered<S::Value>> {
-        let by_shard = self.split(keys.iter())?;
-        let calls = by_shard
-            .iter()
-            .enumerate()
-            .filter(|(_, indices)| !indices.is_empty())
-            .map(|(shard, indices)| async move {
-                let shard_keys: Vec<S::Key> = indices.iter().map(|&i| keys[i].clone()).collect();
-                let store = self.counted(shard, indices.len() as u64);
-                (
-                    shard,
-                    indices,
-                    self.bounded(store.get_many(&shard_keys)).await,
-                )
-            })
-            .collect();
+        let by_shard = by_shard(keys, self.inner.shards.len(), |key| self.shard_of(key))?;
+        let answers = get_many_by_shard(
+            keys,
+            &by_shard,
+            |shard, keys| self.counted(shard, keys),
+            self.inner.timeout,
+        )
+        .await;
         let mut gathered = Gathered {
             values: vec![None; keys.len()],
             unanswered: Vec::new(),
             errors: Vec::new(),
         };
-        for (shard, indices, result) in join_all(calls).await {
+        for (shard, indices, result) in answers {
             match result {
                 Ok(values) => {
                     for (&index, value) in indices.iter().zip(values) {
@@ -237,7 +218,8 @@ where
     /// other shards' parts were still written); the strategy's for a key
     /// it cannot route (then nothing is written).
     pub async fn scatter(&self, batch: Vec<Write<S::Key, S::Value>>) -> Result<Scattered> {
-        let by_shard = self.split(batch.iter().map(Write::key))?;
+        let keys: Vec<&S::Key> = batch.iter().map(Write::key).collect();
+        let by_shard = by_shard(&keys, self.inner.shards.len(), |key| self.shard_of(key))?;
         let mut writes: Vec<Option<Write<S::Key, S::Value>>> =
             batch.into_iter().map(Some).collect();
         let calls = by_shard

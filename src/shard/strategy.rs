@@ -317,6 +317,7 @@ impl Strategy for Ranges {
 mod tests {
     use super::*;
     use crate::shard::key::{key_hash, ShardKey};
+    use crate::shard::sharded::std_over_mean;
 
     fn spread(strategy: &dyn Strategy, keys: u64) -> Vec<u64> {
         let mut counts = vec![0u64; strategy.shards()];
@@ -325,17 +326,6 @@ mod tests {
             counts[strategy.shard(&bytes, key_hash(&bytes)).unwrap()] += 1;
         }
         counts
-    }
-
-    fn std_over_mean(counts: &[u64]) -> f64 {
-        let n = counts.len() as f64;
-        let mean = counts.iter().sum::<u64>() as f64 / n;
-        let variance = counts
-            .iter()
-            .map(|&c| (c as f64 - mean).powi(2))
-            .sum::<f64>()
-            / n;
-        variance.sqrt() / mean
     }
 
     /// Keys that change shard going from `from` to `to` shards.

@@ -7,7 +7,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use super::migration::{Migration, Phase};
 use super::table::BucketTable;
-use crate::shard::join::join_all;
+use crate::shard::join::{by_shard, get_many_by_shard, join_all};
 use crate::shard::key::{key_hash, ShardKey};
 use crate::shard::sharded::{std_over_mean, ShardStats};
 use crate::store::{DynStore, Scan, Store, Write};
@@ -659,22 +659,16 @@ where
 
     /// One `get_many` per shard, all shards at once.
     async fn get_many(&self, keys: &[S::Key]) -> Result<Vec<Option<S::Value>>> {
-        let mut by_shard = vec![Vec::new(); self.inner.shards.len()];
-        for (index, key) in keys.iter().enumerate() {
-            by_shard[self.shard_of(key)].push(index);
-        }
-        let calls = by_shard
-            .iter()
-            .enumerate()
-            .filter(|(_, indices)| !indices.is_empty())
-            .map(|(shard, indices)| async move {
-                let shard_keys: Vec<S::Key> = indices.iter().map(|&i| keys[i].clone()).collect();
-                let store = self.counted(shard, indices.len() as u64);
-                (indices, store.get_many(&shard_keys).await)
-            })
-            .collect();
+        let by_shard = by_shard(keys, self.inner.shards.len(), |key| Ok(self.shard_of(key)))?;
+        let answers = get_many_by_shard(
+            keys,
+            &by_shard,
+            |shard, keys| self.counted(shard, keys),
+            None,
+        )
+        .await;
         let mut values = vec![None; keys.len()];
-        for (indices, result) in join_all(calls).await {
+        for (_, indices, result) in answers {
             for (&index, value) in indices.iter().zip(result?) {
                 values[index] = value;
             }
