@@ -74,6 +74,7 @@
 
 pub mod cache;
 pub mod codec;
+pub mod cqrs;
 mod error;
 pub mod events;
 pub mod position;

@@ -1,0 +1,438 @@
+//! The command side: typed commands, one handler each, a write model, and
+//! the events a command emits committed with its writes.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use super::log::{self, LogKeys, WriteStore};
+use crate::codec::Codec;
+use crate::events::Topic;
+use crate::store::Write;
+use crate::{Error, Position, Result};
+
+/// A request to change the write model. Its handler returns an `Output`
+/// (stored with an idempotent command's writes, so it must be a
+/// [`Codec`]).
+pub trait Command: Send + 'static {
+    /// What handling it returns.
+    type Output: Codec + Clone + Send + Sync + 'static;
+
+    /// A key that makes the command idempotent: a command whose key was
+    /// handled already returns the first result and writes nothing.
+    fn idempotency_key(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Why a command was not carried out.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommandError {
+    /// The command is invalid or not allowed now (a validation failure):
+    /// retrying it will not help.
+    #[error("command rejected: {0}")]
+    Rejected(String),
+    /// The infrastructure failed (a store, the bus): retrying may help.
+    #[error(transparent)]
+    Failed(#[from] Error),
+}
+
+/// What a handled command returns: its output, and the consistency token
+/// (the position just past its last event) that a query can wait for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt<T> {
+    /// The handler's output.
+    pub output: T,
+    /// The log position after the command's events.
+    pub token: Position,
+    /// Whether this is the recorded result of an earlier command with the
+    /// same idempotency key (nothing was written this time).
+    pub repeated: bool,
+}
+
+/// A command's view of the write model: reads, and the writes and events
+/// it stages, committed together after the handler returns `Ok`.
+pub struct CommandContext<'a, E> {
+    store: &'a dyn crate::DynStore<Key = String, Value = Vec<u8>>,
+    writes: Vec<Write<String, Vec<u8>>>,
+    staged: HashMap<String, Option<Vec<u8>>>,
+    events: Vec<E>,
+}
+
+impl<E> fmt::Debug for CommandContext<'_, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommandContext")
+            .field("writes", &self.writes.len())
+            .field("events", &self.events.len())
+            .finish()
+    }
+}
+
+impl<E: Codec> CommandContext<'_, E> {
+    /// Reads a document of the write model (seeing this command's own
+    /// staged writes).
+    ///
+    /// # Errors
+    ///
+    /// The store's errors; a codec error for bytes that do not decode.
+    pub async fn get<T: Codec>(&self, key: &str) -> Result<Option<T>> {
+        let bytes = match self.staged.get(key) {
+            Some(staged) => staged.clone(),
+            None => self.store.dyn_get(&key.to_string()).await?,
+        };
+        bytes.map(|bytes| log::decode("value", &bytes)).transpose()
+    }
+
+    /// Stages a write of a document.
+    ///
+    /// # Errors
+    ///
+    /// A codec error if the value does not encode.
+    pub fn put<T: Codec>(&mut self, key: impl Into<String>, value: &T) -> Result<()> {
+        let key = key.into();
+        let bytes = log::encode("value", value)?;
+        self.staged.insert(key.clone(), Some(bytes.clone()));
+        self.writes.push(Write::Put(key, bytes));
+        Ok(())
+    }
+
+    /// Stages a delete of a document.
+    pub fn delete(&mut self, key: impl Into<String>) {
+        let key = key.into();
+        self.staged.insert(key.clone(), None);
+        self.writes.push(Write::Delete(key));
+    }
+
+    /// Emits an event, appended to the log with the writes.
+    pub fn emit(&mut self, event: E) {
+        self.events.push(event);
+    }
+}
+
+/// Handles one type of command.
+pub trait CommandHandler<C: Command, E>: Send + Sync + 'static {
+    /// Validates the command, stages writes and events in `context`, and
+    /// returns the output; nothing is written if it returns an error.
+    fn handle(
+        &self,
+        command: C,
+        context: &mut CommandContext<'_, E>,
+    ) -> impl Future<Output = std::result::Result<C::Output, CommandError>> + Send;
+}
+
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A handler with its future boxed, so that handlers of every command
+/// type live in one map.
+trait ErasedHandler<C: Command, E>: Send + Sync {
+    fn handle<'a>(
+        &'a self,
+        command: C,
+        context: &'a mut CommandContext<'_, E>,
+    ) -> Boxed<'a, std::result::Result<C::Output, CommandError>>;
+}
+
+impl<C: Command, E: Send + 'static, H: CommandHandler<C, E>> ErasedHandler<C, E> for H {
+    fn handle<'a>(
+        &'a self,
+        command: C,
+        context: &'a mut CommandContext<'_, E>,
+    ) -> Boxed<'a, std::result::Result<C::Output, CommandError>> {
+        Box::pin(CommandHandler::handle(self, command, context))
+    }
+}
+
+/// An event as published: its place in the log, and the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded<E> {
+    /// Its sequence number in the log (0 for the first).
+    pub sequence: u64,
+    /// The event.
+    pub event: E,
+}
+
+struct Inner<S, E: Clone> {
+    store: S,
+    keys: LogKeys,
+    handlers: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
+    topic: Option<Topic<Recorded<E>>>,
+    /// Commands run one at a time: the handler's reads, its commit and the
+    /// log's next sequence number stay consistent.
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// Dispatches each command to its one handler, commits the handler's
+/// writes, its events (to the log) and, for an idempotent command, its
+/// result in one batch, then publishes the events to the topic, if any.
+/// Cloning it is cheap. Commands run one at a time per bus.
+pub struct CommandBus<S, E: Clone> {
+    inner: Arc<Inner<S, E>>,
+}
+
+impl<S, E: Clone> Clone for CommandBus<S, E> {
+    fn clone(&self) -> Self {
+        CommandBus {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<S: fmt::Debug, E: Clone> fmt::Debug for CommandBus<S, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommandBus")
+            .field("store", &self.inner.store)
+            .field("handlers", &self.inner.handlers.len())
+            .field("publishes", &self.inner.topic.is_some())
+            .finish()
+    }
+}
+
+/// Configures a [`CommandBus`]; see [`CommandBus::builder`].
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct CommandBusBuilder<S, E: Clone> {
+    store: S,
+    name: String,
+    handlers: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
+    duplicate: Option<&'static str>,
+    topic: Option<Topic<Recorded<E>>>,
+}
+
+impl<S, E: Clone> fmt::Debug for CommandBusBuilder<S, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommandBusBuilder")
+            .field("name", &self.name)
+            .field("handlers", &self.handlers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, E> CommandBusBuilder<S, E>
+where
+    S: WriteStore,
+    E: Codec + Clone + Send + Sync + 'static,
+{
+    /// Handles commands of type `C` with `handler` (one handler per type).
+    pub fn handle<C: Command>(mut self, handler: impl CommandHandler<C, E>) -> Self {
+        let erased: Arc<dyn ErasedHandler<C, E>> = Arc::new(handler);
+        if self
+            .handlers
+            .insert(TypeId::of::<C>(), Box::new(erased))
+            .is_some()
+        {
+            self.duplicate = Some(std::any::type_name::<C>());
+        }
+        self
+    }
+
+    /// Publishes every committed event to `topic` (recovering what a
+    /// crash left unpublished on [`recover`](CommandBus::recover)).
+    pub fn publish_to(mut self, topic: Topic<Recorded<E>>) -> Self {
+        self.topic = Some(topic);
+        self
+    }
+
+    /// Builds the bus.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for two handlers
+    /// of one command type, or an empty name.
+    pub fn build(self) -> Result<CommandBus<S, E>> {
+        if let Some(command) = self.duplicate {
+            return Err(Error::config(
+                "CommandBus",
+                format!("two handlers for {command}: a command has exactly one"),
+            ));
+        }
+        if self.name.is_empty() {
+            return Err(Error::config("CommandBus", "the log needs a name"));
+        }
+        Ok(CommandBus {
+            inner: Arc::new(Inner {
+                store: self.store,
+                keys: LogKeys::new(&self.name),
+                handlers: self.handlers,
+                topic: self.topic,
+                turn: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+}
+
+impl<S, E> CommandBus<S, E>
+where
+    S: WriteStore,
+    E: Codec + Clone + Send + Sync + 'static,
+{
+    /// Starts configuring a bus whose write model and event log `name`
+    /// live in `store`.
+    pub fn builder(store: S, name: impl Into<String>) -> CommandBusBuilder<S, E> {
+        CommandBusBuilder {
+            store,
+            name: name.into(),
+            handlers: HashMap::new(),
+            duplicate: None,
+            topic: None,
+        }
+    }
+
+    /// The write store.
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// The log position after every event committed so far.
+    ///
+    /// # Errors
+    ///
+    /// The store's errors.
+    pub async fn position(&self) -> Result<Position> {
+        Ok(Position::new(
+            log::read_counter(&self.inner.store, &self.inner.keys.next()).await?,
+        ))
+    }
+
+    /// Handles `command`: runs its handler, then commits the staged writes,
+    /// the events and (for an idempotent command) the result in one batch,
+    /// then publishes the events.
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError::Rejected`] from the handler (nothing is written);
+    /// [`CommandError::Failed`] for infrastructure errors, or a command
+    /// type without a handler (a `Config` error).
+    pub async fn dispatch<C: Command>(
+        &self,
+        command: C,
+    ) -> std::result::Result<Receipt<C::Output>, CommandError> {
+        let inner = &*self.inner;
+        let handler = inner
+            .handlers
+            .get(&TypeId::of::<C>())
+            .and_then(|h| h.downcast_ref::<Arc<dyn ErasedHandler<C, E>>>())
+            .ok_or_else(|| {
+                Error::config(
+                    "CommandBus",
+                    format!("no handler for {}", std::any::type_name::<C>()),
+                )
+            })?;
+        let idempotency = command
+            .idempotency_key()
+            .map(|key| inner.keys.handled(&key));
+        let turn = inner.turn.lock().await;
+        if let Some(record) = &idempotency {
+            if let Some(bytes) = inner.store.get(record).await? {
+                let (output, token) = decode_result::<C::Output>(&bytes)?;
+                return Ok(Receipt {
+                    output,
+                    token,
+                    repeated: true,
+                });
+            }
+        }
+        let mut context = CommandContext {
+            store: &inner.store,
+            writes: Vec::new(),
+            staged: HashMap::new(),
+            events: Vec::new(),
+        };
+        let output = handler.handle(command, &mut context).await?;
+        let CommandContext {
+            mut writes, events, ..
+        } = context;
+        let first = log::read_counter(&inner.store, &inner.keys.next()).await?;
+        let token = Position::new(first + events.len() as u64);
+        writes.extend(log::append(&inner.keys, first, &events)?);
+        if let Some(record) = idempotency {
+            writes.push(Write::Put(record, encode_result(&output, token)?));
+        }
+        inner.store.write_batch(writes).await?;
+        drop(turn);
+        if let Err(error) = self.publish_pending().await {
+            // Committed: the events are in the log and will be published by
+            // a later command or by `recover`.
+            tracing::warn!(%error, "committed events could not be published yet");
+        }
+        Ok(Receipt {
+            output,
+            token,
+            repeated: false,
+        })
+    }
+
+    /// The committed events `from..to` of the log, in order.
+    ///
+    /// # Errors
+    ///
+    /// The store's errors; [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable)
+    /// for a sequence past the end of the log.
+    pub async fn read_log(&self, from: u64, to: u64) -> Result<Vec<Recorded<E>>> {
+        Ok(
+            log::read_events(&self.inner.store, &self.inner.keys, from, to)
+                .await?
+                .into_iter()
+                .map(|(sequence, event)| Recorded { sequence, event })
+                .collect(),
+        )
+    }
+
+    /// Publishes what the log holds past the published cursor (after a
+    /// crash between commit and publish, say); returns how many events.
+    ///
+    /// # Errors
+    ///
+    /// The store's errors; the topic's (the cursor stays, so nothing is
+    /// lost: call it again).
+    pub async fn recover(&self) -> Result<u64> {
+        self.publish_pending().await
+    }
+
+    async fn publish_pending(&self) -> Result<u64> {
+        let inner = &*self.inner;
+        let Some(topic) = &inner.topic else {
+            return Ok(0);
+        };
+        let _turn = inner.turn.lock().await;
+        let published = log::read_counter(&inner.store, &inner.keys.published()).await?;
+        let next = log::read_counter(&inner.store, &inner.keys.next()).await?;
+        if published >= next {
+            return Ok(0);
+        }
+        let events: Vec<(u64, E)> =
+            log::read_events(&inner.store, &inner.keys, published, next).await?;
+        topic
+            .publish_batch(
+                events
+                    .into_iter()
+                    .map(|(sequence, event)| (None, Recorded { sequence, event })),
+            )
+            .await?;
+        inner
+            .store
+            .put(inner.keys.published(), log::encode("value", &next)?)
+            .await?;
+        Ok(next - published)
+    }
+}
+
+fn encode_result<T: Codec>(output: &T, token: Position) -> Result<Vec<u8>> {
+    let mut bytes = token.to_bytes().to_vec();
+    bytes.extend(log::encode("value", output)?);
+    Ok(bytes)
+}
+
+fn decode_result<T: Codec>(bytes: &[u8]) -> Result<(T, Position)> {
+    let (token, output) = bytes.split_at_checked(8).ok_or_else(|| {
+        Error::codec(
+            crate::CodecDirection::Decode,
+            "value",
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "a torn command record"),
+        )
+    })?;
+    let mut word = [0u8; 8];
+    word.copy_from_slice(token);
+    Ok((log::decode("value", output)?, Position::from_bytes(word)))
+}
