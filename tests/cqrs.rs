@@ -214,3 +214,240 @@ async fn events_committed_before_a_crash_are_published_on_recovery_and_lose_noth
     assert_eq!(*projected.lock().unwrap(), from_scratch);
     events.shutdown().await;
 }
+
+mod read_side {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use scalekit::cqrs::{
+        CommandBus, EventSource, Projection, Query, QueryBus, QueryError, QueryHandler, Recorded,
+    };
+    use scalekit::store::Scan;
+    use scalekit::{MemoryStore, Store};
+
+    use super::{post, Posts};
+
+    type Timelines = MemoryStore<String, Vec<u64>>;
+    type Bus = CommandBus<Arc<MemoryStore<String, Vec<u8>>>, String>;
+
+    fn bus() -> Bus {
+        CommandBus::builder(Arc::new(MemoryStore::new()), "posts")
+            .handle(Posts)
+            .build()
+            .unwrap()
+    }
+
+    /// A timeline projection: each post's id appended to its author's
+    /// timeline (at most once, so applying an event twice is harmless),
+    /// after `delay` per event.
+    async fn timelines(
+        bus: &Bus,
+        name: &str,
+        delays: Arc<Vec<u64>>,
+    ) -> Projection<Timelines, String> {
+        let source: Arc<dyn EventSource<String>> = Arc::new(bus.clone());
+        Projection::start(
+            name,
+            source,
+            Timelines::new(),
+            MemoryStore::<String, Vec<u8>>::new().into_dyn(),
+            move |recorded: Recorded<String>, timelines: Arc<Timelines>| {
+                let delay = delays
+                    .get(recorded.sequence as usize % delays.len().max(1))
+                    .copied()
+                    .unwrap_or(0);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    let mut parts = recorded.event.splitn(3, ':');
+                    let author = parts.next().unwrap_or_default().to_string();
+                    let id: u64 = parts.next().unwrap_or_default().parse()?;
+                    let mut timeline = timelines.get(&author).await?.unwrap_or_default();
+                    if !timeline.contains(&id) {
+                        timeline.push(id);
+                        timelines.put(author, timeline).await?;
+                    }
+                    Ok(())
+                }
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    struct GetTimeline(String);
+
+    impl Query for GetTimeline {
+        type Output = Vec<u64>;
+    }
+
+    struct Timeline(Projection<Timelines, String>);
+
+    impl QueryHandler<GetTimeline> for Timeline {
+        async fn handle(&self, query: GetTimeline) -> scalekit::Result<Vec<u64>> {
+            Ok(self.0.read_model().get(&query.0).await?.unwrap_or_default())
+        }
+    }
+
+    fn queries(
+        projection: &Projection<Timelines, String>,
+        wait: Duration,
+    ) -> QueryBus<Projection<Timelines, String>> {
+        QueryBus::builder(projection.clone())
+            .handle(Timeline(projection.clone()))
+            .wait_at_most(wait)
+            .build()
+            .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// With random projection delays, a query with a command's token
+        /// always sees the command's post.
+        #[test]
+        fn a_query_with_a_commands_token_never_sees_an_older_read_model(
+            delays in prop::collection::vec(0u64..30, 1..8),
+            authors in prop::collection::vec(0usize..3, 1..20),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let bus = bus();
+                let projection = timelines(&bus, "timelines", Arc::new(delays)).await;
+                let queries = queries(&projection, Duration::from_secs(60));
+                for author in authors {
+                    let author = format!("user{author}");
+                    let receipt = bus.dispatch(post(&author, "text")).await.unwrap();
+                    let timeline = queries
+                        .query_after(GetTimeline(author.clone()), receipt.token)
+                        .await
+                        .unwrap();
+                    prop_assert!(timeline.contains(&receipt.output), "{author}: {timeline:?}");
+                }
+                Ok(())
+            })?;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_query_waits_at_most_its_limit_then_says_stale() {
+        let bus = bus();
+        let projection = timelines(&bus, "slow", Arc::new(vec![10_000])).await;
+        let queries = queries(&projection, Duration::from_millis(100));
+        let receipt = bus.dispatch(post("ann", "hello")).await.unwrap();
+        // Without a token the read model may be behind: allowed.
+        assert_eq!(
+            queries.query(GetTimeline("ann".into())).await.unwrap(),
+            Vec::<u64>::new()
+        );
+        match queries
+            .query_after(GetTimeline("ann".into()), receipt.token)
+            .await
+        {
+            Err(QueryError::Stale(stale)) => {
+                assert_eq!(stale.wanted, receipt.token);
+                assert!(stale.reached < stale.wanted);
+                assert_eq!(stale.waited, Duration::from_millis(100));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rebuild_while_commands_arrive_swaps_in_a_read_model_equal_to_the_live_one() {
+        let bus = bus();
+        let projection = timelines(&bus, "live", Arc::new(vec![0])).await;
+        for n in 0..50 {
+            bus.dispatch(post(&format!("user{}", n % 4), "before"))
+                .await
+                .unwrap();
+        }
+        let writer = {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                for n in 0..150 {
+                    bus.dispatch(post(&format!("user{}", n % 4), "during"))
+                        .await
+                        .unwrap();
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let old = projection.read_model();
+        projection.rebuild(Timelines::new()).await.unwrap();
+        assert!(!Arc::ptr_eq(&old, &projection.read_model()), "swapped");
+        writer.await.unwrap();
+        let end = bus.position().await.unwrap();
+        projection
+            .wait_for(end, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let fresh = timelines(&bus, "from-scratch", Arc::new(vec![0])).await;
+        fresh.wait_for(end, Duration::from_secs(10)).await.unwrap();
+        let sorted = |mut entries: Vec<(String, Vec<u64>)>| {
+            entries.sort();
+            entries
+        };
+        let rebuilt = sorted(projection.read_model().entries().await.unwrap());
+        assert_eq!(rebuilt, sorted(fresh.read_model().entries().await.unwrap()));
+        assert_eq!(rebuilt.iter().map(|(_, ids)| ids.len()).sum::<usize>(), 200);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_projection_resumes_from_its_checkpoint_and_a_poison_event_is_set_aside() {
+        let bus = bus();
+        let checkpoints = MemoryStore::<String, Vec<u8>>::new().into_dyn();
+        let applied = Arc::new(AtomicU64::new(0));
+        let start = |applied: Arc<AtomicU64>| {
+            let source: Arc<dyn EventSource<String>> = Arc::new(bus.clone());
+            Projection::start(
+                "counted",
+                source,
+                Timelines::new(),
+                Arc::clone(&checkpoints),
+                move |recorded: Recorded<String>, _: Arc<Timelines>| {
+                    let applied = Arc::clone(&applied);
+                    async move {
+                        if recorded.event.contains("poison") {
+                            return Err("cannot apply".into());
+                        }
+                        applied.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    }
+                },
+            )
+        };
+        let first = start(Arc::clone(&applied)).await.unwrap();
+        for text in ["a", "poison", "b"] {
+            bus.dispatch(post("ann", text)).await.unwrap();
+        }
+        first
+            .wait_for(bus.position().await.unwrap(), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(applied.load(Ordering::SeqCst), 2);
+        let dead = first.dead_events();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].event.sequence, 1);
+        drop(first);
+
+        bus.dispatch(post("ann", "c")).await.unwrap();
+        let second = start(Arc::clone(&applied)).await.unwrap();
+        assert_eq!(second.position().get(), 3, "resumed from the checkpoint");
+        second
+            .wait_for(bus.position().await.unwrap(), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(
+            applied.load(Ordering::SeqCst),
+            3,
+            "only the new event applied"
+        );
+        assert!(second.is_caught_up().await.unwrap());
+    }
+}

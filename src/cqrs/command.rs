@@ -162,6 +162,9 @@ struct Inner<S, E: Clone> {
     /// Commands run one at a time: the handler's reads, its commit and the
     /// log's next sequence number stay consistent.
     turn: tokio::sync::Mutex<()>,
+    /// The log position after each commit, for projections in this
+    /// process.
+    commits: tokio::sync::watch::Sender<u64>,
 }
 
 /// Dispatches each command to its one handler, commits the handler's
@@ -257,6 +260,7 @@ where
                 handlers: self.handlers,
                 topic: self.topic,
                 turn: tokio::sync::Mutex::new(()),
+                commits: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -350,6 +354,7 @@ where
             writes.push(Write::Put(record, encode_result(&output, token)?));
         }
         inner.store.write_batch(writes).await?;
+        inner.commits.send_replace(token.get());
         drop(turn);
         if let Err(error) = self.publish_pending().await {
             // Committed: the events are in the log and will be published by
@@ -361,6 +366,13 @@ where
             token,
             repeated: false,
         })
+    }
+
+    /// Tells the log position after each commit made through this bus (in
+    /// this process; other processes' commits show in
+    /// [`position`](Self::position)).
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.commits.subscribe()
     }
 
     /// The committed events `from..to` of the log, in order.

@@ -17,14 +17,20 @@
 //! locking); the write store's batch must be atomic (SQLite's and
 //! PostgreSQL's are transactions).
 //!
-//! Not here yet: the query bus, projections and middleware (see the
-//! CHANGELOG).
+//! | read models built from the events, that say how far they are | [`Projection`]: applies the log in order, keeps a durable checkpoint, [`position`](Projection::position), [`rebuild`](Projection::rebuild) into a shadow read model |
+//! | a query that sees its own command, or says it cannot | [`QueryBus::query_after`] with the command's token: waits for the projection, then [`QueryError::Stale`] rather than old data |
+//!
+//! Not here yet: the middleware pipeline (see the CHANGELOG).
 
 mod command;
 mod log;
+mod projection;
+mod query;
 
 pub use self::command::{
     Command, CommandBus, CommandBusBuilder, CommandContext, CommandError, CommandHandler, Receipt,
     Recorded,
 };
 pub use self::log::WriteStore;
+pub use self::projection::{DeadEvent, EventSource, Projection, Stale};
+pub use self::query::{Query, QueryBus, QueryBusBuilder, QueryError, QueryHandler, Watermark};

@@ -1,0 +1,214 @@
+//! The query side: typed queries, one handler each, over read models; a
+//! query can wait for a command's token.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::projection::Stale;
+use crate::{Error, Position, Result};
+
+/// A question to a read model.
+pub trait Query: Send + 'static {
+    /// The answer.
+    type Output: Send + 'static;
+}
+
+/// Answers one type of query.
+pub trait QueryHandler<Q: Query>: Send + Sync + 'static {
+    /// Answers the query from the read model.
+    fn handle(&self, query: Q) -> impl Future<Output = Result<Q::Output>> + Send;
+}
+
+/// Why a query was not answered.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum QueryError {
+    /// The read model had not reached the query's token in time.
+    #[error(transparent)]
+    Stale(#[from] Stale),
+    /// The read model or the bus failed.
+    #[error(transparent)]
+    Failed(#[from] Error),
+}
+
+/// How far a read model is: what a query with a token waits on (a
+/// [`Projection`](super::Projection) is one).
+pub trait Watermark: Send + Sync + 'static {
+    /// Waits until the read model has applied everything below `token`,
+    /// up to `timeout`.
+    fn wait_for(
+        &self,
+        token: Position,
+        timeout: Duration,
+    ) -> impl Future<Output = std::result::Result<(), Stale>> + Send;
+}
+
+impl<R, E> Watermark for super::Projection<R, E>
+where
+    R: Send + Sync + 'static,
+    E: Clone + Send + Sync + 'static,
+{
+    fn wait_for(
+        &self,
+        token: Position,
+        timeout: Duration,
+    ) -> impl Future<Output = std::result::Result<(), Stale>> + Send {
+        super::Projection::wait_for(self, token, timeout)
+    }
+}
+
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+trait ErasedHandler<Q: Query>: Send + Sync {
+    fn handle(&self, query: Q) -> Boxed<'_, Result<Q::Output>>;
+}
+
+impl<Q: Query, H: QueryHandler<Q>> ErasedHandler<Q> for H {
+    fn handle(&self, query: Q) -> Boxed<'_, Result<Q::Output>> {
+        Box::pin(QueryHandler::handle(self, query))
+    }
+}
+
+/// Dispatches each query to its one handler; a query with a token first
+/// waits for the read model's watermark. Cloning it is cheap.
+pub struct QueryBus<W> {
+    handlers: Arc<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
+    watermark: Arc<W>,
+    timeout: Duration,
+}
+
+impl<W> Clone for QueryBus<W> {
+    fn clone(&self) -> Self {
+        QueryBus {
+            handlers: Arc::clone(&self.handlers),
+            watermark: Arc::clone(&self.watermark),
+            timeout: self.timeout,
+        }
+    }
+}
+
+impl<W> fmt::Debug for QueryBus<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueryBus")
+            .field("handlers", &self.handlers.len())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`QueryBus`]; see [`QueryBus::builder`].
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct QueryBusBuilder<W> {
+    handlers: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
+    duplicate: Option<&'static str>,
+    watermark: W,
+    timeout: Duration,
+}
+
+impl<W> fmt::Debug for QueryBusBuilder<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueryBusBuilder")
+            .field("handlers", &self.handlers.len())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: Watermark> QueryBusBuilder<W> {
+    /// Answers queries of type `Q` with `handler` (one handler per type).
+    pub fn handle<Q: Query>(mut self, handler: impl QueryHandler<Q>) -> Self {
+        let erased: Arc<dyn ErasedHandler<Q>> = Arc::new(handler);
+        if self
+            .handlers
+            .insert(TypeId::of::<Q>(), Box::new(erased))
+            .is_some()
+        {
+            self.duplicate = Some(std::any::type_name::<Q>());
+        }
+        self
+    }
+
+    /// How long a query with a token waits for the read model (default
+    /// one second).
+    pub fn wait_at_most(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Builds the bus.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for two handlers of
+    /// one query type.
+    pub fn build(self) -> Result<QueryBus<W>> {
+        if let Some(query) = self.duplicate {
+            return Err(Error::config(
+                "QueryBus",
+                format!("two handlers for {query}: a query has exactly one"),
+            ));
+        }
+        Ok(QueryBus {
+            handlers: Arc::new(self.handlers),
+            watermark: Arc::new(self.watermark),
+            timeout: self.timeout,
+        })
+    }
+}
+
+impl<W: Watermark> QueryBus<W> {
+    /// Starts configuring a bus over the read model `watermark` tracks.
+    pub fn builder(watermark: W) -> QueryBusBuilder<W> {
+        QueryBusBuilder {
+            handlers: HashMap::new(),
+            duplicate: None,
+            watermark,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn handler<Q: Query>(&self) -> Result<&Arc<dyn ErasedHandler<Q>>> {
+        self.handlers
+            .get(&TypeId::of::<Q>())
+            .and_then(|h| h.downcast_ref::<Arc<dyn ErasedHandler<Q>>>())
+            .ok_or_else(|| {
+                Error::config(
+                    "QueryBus",
+                    format!("no handler for {}", std::any::type_name::<Q>()),
+                )
+            })
+    }
+
+    /// Answers `query` from the read model as it is (it may not show the
+    /// latest commands yet).
+    ///
+    /// # Errors
+    ///
+    /// The handler's errors; a `Config` error for a query without a
+    /// handler.
+    pub async fn query<Q: Query>(&self, query: Q) -> std::result::Result<Q::Output, QueryError> {
+        Ok(self.handler::<Q>()?.handle(query).await?)
+    }
+
+    /// Answers `query` once the read model has applied everything below
+    /// `token` (a command's [`Receipt::token`](super::Receipt::token)),
+    /// waiting up to the bus's limit.
+    ///
+    /// # Errors
+    ///
+    /// [`QueryError::Stale`] if the read model did not get there in time
+    /// (it never answers from an older read model); the handler's errors.
+    pub async fn query_after<Q: Query>(
+        &self,
+        query: Q,
+        token: Position,
+    ) -> std::result::Result<Q::Output, QueryError> {
+        let handler = self.handler::<Q>()?;
+        self.watermark.wait_for(token, self.timeout).await?;
+        Ok(handler.handle(query).await?)
+    }
+}
