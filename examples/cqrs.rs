@@ -16,6 +16,7 @@ use scalekit::store::SqliteStore;
 use scalekit::{MemoryStore, Store};
 
 /// Write a post. The request id makes a retried request harmless.
+#[derive(Clone)]
 struct CreatePost {
     author: String,
     text: String,
@@ -55,6 +56,7 @@ impl CommandHandler<CreatePost, String> for PostHandler {
 type Timelines = MemoryStore<String, Vec<u64>>;
 
 /// A user's timeline: their posts' ids, newest last.
+#[derive(Clone)]
 struct GetTimeline(String);
 
 impl Query for GetTimeline {

@@ -3,14 +3,18 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use scalekit::cqrs::{Command, CommandBus, CommandContext, CommandError, CommandHandler, Recorded};
+use scalekit::cqrs::{
+    Command, CommandBus, CommandContext, CommandError, CommandHandler, Recorded, Retry, Timing,
+    Validate,
+};
 use scalekit::events::{Event, EventBus, StartFrom, TopicOptions};
-use scalekit::testing::FaultyStore;
+use scalekit::testing::{FaultyStore, Operation};
 use scalekit::{ErrorKind, MemoryStore, Position};
 
 type Writes = Arc<FaultyStore<MemoryStore<String, Vec<u8>>>>;
 
 /// Creates a post; an empty text is rejected.
+#[derive(Clone)]
 struct CreatePost {
     author: String,
     text: String,
@@ -104,6 +108,7 @@ async fn a_rejected_command_writes_nothing_and_is_told_apart_from_an_outage() {
 
 #[tokio::test]
 async fn a_command_without_a_handler_and_two_handlers_for_one_command_are_config_errors() {
+    #[derive(Clone)]
     struct Unhandled;
     impl Command for Unhandled {
         type Output = u64;
@@ -215,6 +220,52 @@ async fn events_committed_before_a_crash_are_published_on_recovery_and_lose_noth
     events.shutdown().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn one_pipeline_validates_retries_and_times_commands() {
+    // Every second batch fails: the retry layer makes each command land.
+    let store = Arc::new(
+        FaultyStore::builder(MemoryStore::new())
+            .fail_every(2)
+            .on(&[Operation::WriteBatch])
+            .build()
+            .unwrap(),
+    );
+    let timing = Timing::new();
+    let bus = CommandBus::<_, String>::builder(Arc::clone(&store), "posts")
+        .handle(Posts)
+        .layer(timing.clone())
+        .layer(Validate::new(|post: &CreatePost| {
+            if post.text.len() > 10 {
+                Err("at most 10 characters".to_string())
+            } else {
+                Ok(())
+            }
+        }))
+        .layer(Retry {
+            retries: 2,
+            backoff: std::time::Duration::from_millis(1),
+        })
+        .build()
+        .unwrap();
+    for n in 0..5 {
+        let receipt = bus.dispatch(post("ann", &format!("p{n}"))).await.unwrap();
+        assert_eq!(receipt.output, n + 1);
+    }
+    let refused = bus
+        .dispatch(post("ann", "far too long a post"))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, CommandError::Rejected(_)), "{refused}");
+    let timings = timing.timings();
+    let posts = timings.values().next().unwrap();
+    assert_eq!((posts.count, posts.failed), (6, 1));
+    assert_eq!(
+        bus.position().await.unwrap(),
+        Position::new(5),
+        "each command once"
+    );
+}
+
 mod read_side {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
@@ -276,6 +327,7 @@ mod read_side {
         .unwrap()
     }
 
+    #[derive(Clone)]
     struct GetTimeline(String);
 
     impl Query for GetTimeline {
@@ -332,6 +384,40 @@ mod read_side {
                 Ok(())
             })?;
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queries_run_through_the_same_pipeline_type_as_commands() {
+        let bus = bus();
+        let projection = timelines(&bus, "piped", Arc::new(vec![0])).await;
+        let timing = scalekit::cqrs::Timing::new();
+        let queries = QueryBus::builder(projection.clone())
+            .handle(Timeline(projection.clone()))
+            .layer(timing.clone())
+            .layer(scalekit::cqrs::Validate::new(|query: &GetTimeline| {
+                if query.0.is_empty() {
+                    Err("whose timeline?".to_string())
+                } else {
+                    Ok(())
+                }
+            }))
+            .build()
+            .unwrap();
+        let receipt = bus.dispatch(post("ann", "hi")).await.unwrap();
+        let timeline = queries
+            .query_after(GetTimeline("ann".into()), receipt.token)
+            .await
+            .unwrap();
+        assert_eq!(timeline, vec![1]);
+        match queries.query(GetTimeline(String::new())).await {
+            Err(QueryError::Failed(error)) => {
+                assert!(matches!(error.kind(), scalekit::ErrorKind::Config { .. }))
+            }
+            other => panic!("{other:?}"),
+        }
+        let timed = timing.timings();
+        let counted = timed.values().next().unwrap();
+        assert_eq!((counted.count, counted.failed), (2, 1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::log::{self, LogKeys, WriteStore};
+use super::middleware::{BoxedOutcome, Envelope, Failure, MessageKind, Middleware, Pipeline};
 use crate::codec::Codec;
 use crate::events::Topic;
 use crate::store::Write;
@@ -165,6 +166,7 @@ struct Inner<S, E: Clone> {
     /// The log position after each commit, for projections in this
     /// process.
     commits: tokio::sync::watch::Sender<u64>,
+    pipeline: Pipeline,
 }
 
 /// Dispatches each command to its one handler, commits the handler's
@@ -201,6 +203,7 @@ pub struct CommandBusBuilder<S, E: Clone> {
     handlers: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
     duplicate: Option<&'static str>,
     topic: Option<Topic<Recorded<E>>>,
+    pipeline: Pipeline,
 }
 
 impl<S, E: Clone> fmt::Debug for CommandBusBuilder<S, E> {
@@ -227,6 +230,13 @@ where
         {
             self.duplicate = Some(std::any::type_name::<C>());
         }
+        self
+    }
+
+    /// Runs every command through `layer`, inside the layers added before
+    /// (see [`Middleware`]).
+    pub fn layer(mut self, layer: impl Middleware) -> Self {
+        self.pipeline = self.pipeline.layer(layer);
         self
     }
 
@@ -261,6 +271,7 @@ where
                 topic: self.topic,
                 turn: tokio::sync::Mutex::new(()),
                 commits: tokio::sync::watch::Sender::new(0),
+                pipeline: self.pipeline,
             }),
         })
     }
@@ -280,6 +291,7 @@ where
             handlers: HashMap::new(),
             duplicate: None,
             topic: None,
+            pipeline: Pipeline::default(),
         }
     }
 
@@ -299,16 +311,61 @@ where
         ))
     }
 
-    /// Handles `command`: runs its handler, then commits the staged writes,
-    /// the events and (for an idempotent command) the result in one batch,
-    /// then publishes the events.
+    /// Handles `command` through the middleware pipeline: runs its
+    /// handler, then commits the staged writes, the events and (for an
+    /// idempotent command) the result in one batch, then publishes the
+    /// events. (A retrying layer runs a copy of the command again: hence
+    /// `Clone`.)
     ///
     /// # Errors
     ///
-    /// [`CommandError::Rejected`] from the handler (nothing is written);
-    /// [`CommandError::Failed`] for infrastructure errors, or a command
-    /// type without a handler (a `Config` error).
-    pub async fn dispatch<C: Command>(
+    /// [`CommandError::Rejected`] from the handler or a validating layer
+    /// (nothing is written); [`CommandError::Failed`] for infrastructure
+    /// errors, or a command type without a handler (a `Config` error).
+    pub async fn dispatch<C: Command + Clone + Sync>(
+        &self,
+        command: C,
+    ) -> std::result::Result<Receipt<C::Output>, CommandError> {
+        let pipeline = &self.inner.pipeline;
+        if pipeline.is_empty() {
+            return self.dispatch_once(command).await;
+        }
+        let envelope = Envelope {
+            kind: MessageKind::Command,
+            name: std::any::type_name::<C>(),
+            message: &command,
+        };
+        let handler = || -> BoxedOutcome<'_> {
+            let command = command.clone();
+            Box::pin(async move {
+                match self.dispatch_once(command).await {
+                    Ok(receipt) => Ok(Box::new(receipt) as Box<dyn Any + Send>),
+                    Err(CommandError::Rejected(reason)) => Err(Failure::Rejected(reason)),
+                    Err(CommandError::Failed(error)) => Err(Failure::Failed(error)),
+                }
+            })
+        };
+        match pipeline.run(&envelope, &handler).await {
+            Ok(output) => output
+                .downcast::<Receipt<C::Output>>()
+                .map(|receipt| *receipt)
+                .map_err(|_| {
+                    CommandError::Failed(Error::config(
+                        "CommandBus",
+                        "a middleware layer returned another type than the handler's",
+                    ))
+                }),
+            Err(Failure::Rejected(reason)) => Err(CommandError::Rejected(reason)),
+            Err(Failure::Failed(error)) => Err(CommandError::Failed(error)),
+            Err(Failure::Stale(stale)) => Err(CommandError::Failed(Error::unavailable(
+                "CommandBus",
+                stale.to_string(),
+            ))),
+        }
+    }
+
+    /// Handles `command` without the pipeline.
+    async fn dispatch_once<C: Command>(
         &self,
         command: C,
     ) -> std::result::Result<Receipt<C::Output>, CommandError> {

@@ -20,10 +20,11 @@
 //! | read models built from the events, that say how far they are | [`Projection`]: applies the log in order, keeps a durable checkpoint, [`position`](Projection::position), [`rebuild`](Projection::rebuild) into a shadow read model |
 //! | a query that sees its own command, or says it cannot | [`QueryBus::query_after`] with the command's token: waits for the projection, then [`QueryError::Stale`] rather than old data |
 //!
-//! Not here yet: the middleware pipeline (see the CHANGELOG).
+//! | validation, timing and retries around every command and query | one [`Middleware`] pipeline: [`Validate`], [`Timing`], [`Retry`] (and your own layers), added with `.layer(..)` on either bus; idempotency is the command bus's own, because the key must be stored with the command's writes |
 
 mod command;
 mod log;
+mod middleware;
 mod projection;
 mod query;
 
@@ -32,5 +33,9 @@ pub use self::command::{
     Recorded,
 };
 pub use self::log::WriteStore;
+pub use self::middleware::{
+    BoxedOutcome, Envelope, Failure, MessageKind, Middleware, Next, Outcome, Pipeline, Retry,
+    Timing, Timings, Validate,
+};
 pub use self::projection::{DeadEvent, EventSource, Projection, Stale};
 pub use self::query::{Query, QueryBus, QueryBusBuilder, QueryError, QueryHandler, Watermark};

@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::middleware::{BoxedOutcome, Envelope, Failure, MessageKind, Middleware, Pipeline};
 use super::projection::Stale;
 use crate::{Error, Position, Result};
 
@@ -79,6 +80,7 @@ pub struct QueryBus<W> {
     handlers: Arc<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
     watermark: Arc<W>,
     timeout: Duration,
+    pipeline: Arc<Pipeline>,
 }
 
 impl<W> Clone for QueryBus<W> {
@@ -87,6 +89,7 @@ impl<W> Clone for QueryBus<W> {
             handlers: Arc::clone(&self.handlers),
             watermark: Arc::clone(&self.watermark),
             timeout: self.timeout,
+            pipeline: Arc::clone(&self.pipeline),
         }
     }
 }
@@ -107,6 +110,7 @@ pub struct QueryBusBuilder<W> {
     duplicate: Option<&'static str>,
     watermark: W,
     timeout: Duration,
+    pipeline: Pipeline,
 }
 
 impl<W> fmt::Debug for QueryBusBuilder<W> {
@@ -129,6 +133,13 @@ impl<W: Watermark> QueryBusBuilder<W> {
         {
             self.duplicate = Some(std::any::type_name::<Q>());
         }
+        self
+    }
+
+    /// Runs every query through `layer`, inside the layers added before
+    /// (see [`Middleware`]).
+    pub fn layer(mut self, layer: impl Middleware) -> Self {
+        self.pipeline = self.pipeline.layer(layer);
         self
     }
 
@@ -156,6 +167,7 @@ impl<W: Watermark> QueryBusBuilder<W> {
             handlers: Arc::new(self.handlers),
             watermark: Arc::new(self.watermark),
             timeout: self.timeout,
+            pipeline: Arc::new(self.pipeline),
         })
     }
 }
@@ -168,6 +180,7 @@ impl<W: Watermark> QueryBus<W> {
             duplicate: None,
             watermark,
             timeout: Duration::from_secs(1),
+            pipeline: Pipeline::default(),
         }
     }
 
@@ -184,14 +197,18 @@ impl<W: Watermark> QueryBus<W> {
     }
 
     /// Answers `query` from the read model as it is (it may not show the
-    /// latest commands yet).
+    /// latest commands yet), through the middleware pipeline.
     ///
     /// # Errors
     ///
     /// The handler's errors; a `Config` error for a query without a
-    /// handler.
-    pub async fn query<Q: Query>(&self, query: Q) -> std::result::Result<Q::Output, QueryError> {
-        Ok(self.handler::<Q>()?.handle(query).await?)
+    /// handler; a validating layer's refusal (as `Failed` with a `Config`
+    /// error).
+    pub async fn query<Q: Query + Clone + Sync>(
+        &self,
+        query: Q,
+    ) -> std::result::Result<Q::Output, QueryError> {
+        self.run(query, None).await
     }
 
     /// Answers `query` once the read model has applied everything below
@@ -201,14 +218,66 @@ impl<W: Watermark> QueryBus<W> {
     /// # Errors
     ///
     /// [`QueryError::Stale`] if the read model did not get there in time
-    /// (it never answers from an older read model); the handler's errors.
-    pub async fn query_after<Q: Query>(
+    /// (it never answers from an older read model); as
+    /// [`query`](Self::query) otherwise.
+    pub async fn query_after<Q: Query + Clone + Sync>(
         &self,
         query: Q,
         token: Position,
     ) -> std::result::Result<Q::Output, QueryError> {
+        self.run(query, Some(token)).await
+    }
+
+    async fn once<Q: Query>(
+        &self,
+        query: Q,
+        token: Option<Position>,
+    ) -> std::result::Result<Q::Output, QueryError> {
         let handler = self.handler::<Q>()?;
-        self.watermark.wait_for(token, self.timeout).await?;
+        if let Some(token) = token {
+            self.watermark.wait_for(token, self.timeout).await?;
+        }
         Ok(handler.handle(query).await?)
+    }
+
+    async fn run<Q: Query + Clone + Sync>(
+        &self,
+        query: Q,
+        token: Option<Position>,
+    ) -> std::result::Result<Q::Output, QueryError> {
+        if self.pipeline.is_empty() {
+            return self.once(query, token).await;
+        }
+        let envelope = Envelope {
+            kind: MessageKind::Query,
+            name: std::any::type_name::<Q>(),
+            message: &query,
+        };
+        let handler = || -> BoxedOutcome<'_> {
+            let query = query.clone();
+            Box::pin(async move {
+                match self.once(query, token).await {
+                    Ok(output) => Ok(Box::new(output) as Box<dyn Any + Send>),
+                    Err(QueryError::Stale(stale)) => Err(Failure::Stale(stale)),
+                    Err(QueryError::Failed(error)) => Err(Failure::Failed(error)),
+                }
+            })
+        };
+        match self.pipeline.run(&envelope, &handler).await {
+            Ok(output) => output
+                .downcast::<Q::Output>()
+                .map(|output| *output)
+                .map_err(|_| {
+                    QueryError::Failed(Error::config(
+                        "QueryBus",
+                        "a middleware layer returned another type than the handler's",
+                    ))
+                }),
+            Err(Failure::Stale(stale)) => Err(QueryError::Stale(stale)),
+            Err(Failure::Failed(error)) => Err(QueryError::Failed(error)),
+            Err(Failure::Rejected(reason)) => {
+                Err(QueryError::Failed(Error::config("QueryBus", reason)))
+            }
+        }
     }
 }
