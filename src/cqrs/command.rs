@@ -59,7 +59,6 @@ pub struct Receipt<T> {
 pub struct CommandContext<'a, E> {
     store: &'a dyn crate::DynStore<Key = String, Value = Vec<u8>>,
     writes: Vec<Write<String, Vec<u8>>>,
-    staged: HashMap<String, Option<Vec<u8>>>,
     events: Vec<E>,
 }
 
@@ -80,11 +79,18 @@ impl<E: Codec> CommandContext<'_, E> {
     ///
     /// The store's errors; a codec error for bytes that do not decode.
     pub async fn get<T: Codec>(&self, key: &str) -> Result<Option<T>> {
-        let bytes = match self.staged.get(key) {
-            Some(staged) => staged.clone(),
-            None => self.store.dyn_get(&key.to_string()).await?,
-        };
-        bytes.map(|bytes| log::decode("value", &bytes)).transpose()
+        // A command stages few writes: the latest one of the key, by a
+        // scan from the end (no hashing, no copy of the key).
+        match self.writes.iter().rev().find(|write| write.key() == key) {
+            Some(Write::Put(_, bytes)) => log::decode("value", bytes).map(Some),
+            Some(Write::Delete(_)) => Ok(None),
+            None => self
+                .store
+                .dyn_get(&key.to_string())
+                .await?
+                .map(|bytes| log::decode("value", &bytes))
+                .transpose(),
+        }
     }
 
     /// Stages a write of a document.
@@ -93,18 +99,14 @@ impl<E: Codec> CommandContext<'_, E> {
     ///
     /// A codec error if the value does not encode.
     pub fn put<T: Codec>(&mut self, key: impl Into<String>, value: &T) -> Result<()> {
-        let key = key.into();
         let bytes = log::encode("value", value)?;
-        self.staged.insert(key.clone(), Some(bytes.clone()));
-        self.writes.push(Write::Put(key, bytes));
+        self.writes.push(Write::Put(key.into(), bytes));
         Ok(())
     }
 
     /// Stages a delete of a document.
     pub fn delete(&mut self, key: impl Into<String>) {
-        let key = key.into();
-        self.staged.insert(key.clone(), None);
-        self.writes.push(Write::Delete(key));
+        self.writes.push(Write::Delete(key.into()));
     }
 
     /// Emits an event, appended to the log with the writes.
@@ -162,7 +164,9 @@ struct Inner<S, E: Clone> {
     topic: Option<Topic<Recorded<E>>>,
     /// Commands run one at a time: the handler's reads, its commit and the
     /// log's next sequence number stay consistent.
-    turn: tokio::sync::Mutex<()>,
+    /// It holds the log's next sequence number once read (this bus is the
+    /// log's only writer).
+    turn: tokio::sync::Mutex<Option<u64>>,
     /// The log position after each commit, for projections in this
     /// process.
     commits: tokio::sync::watch::Sender<u64>,
@@ -269,7 +273,7 @@ where
                 keys: LogKeys::new(&self.name),
                 handlers: self.handlers,
                 topic: self.topic,
-                turn: tokio::sync::Mutex::new(()),
+                turn: tokio::sync::Mutex::new(None),
                 commits: tokio::sync::watch::Sender::new(0),
                 pipeline: self.pipeline,
             }),
@@ -383,7 +387,7 @@ where
         let idempotency = command
             .idempotency_key()
             .map(|key| inner.keys.handled(&key));
-        let turn = inner.turn.lock().await;
+        let mut turn = inner.turn.lock().await;
         if let Some(record) = &idempotency {
             if let Some(bytes) = inner.store.get(record).await? {
                 let (output, token) = decode_result::<C::Output>(&bytes)?;
@@ -397,20 +401,27 @@ where
         let mut context = CommandContext {
             store: &inner.store,
             writes: Vec::new(),
-            staged: HashMap::new(),
             events: Vec::new(),
         };
         let output = handler.handle(command, &mut context).await?;
         let CommandContext {
             mut writes, events, ..
         } = context;
-        let first = log::read_counter(&inner.store, &inner.keys.next()).await?;
+        let first = match *turn {
+            Some(next) => next,
+            None => log::read_counter(&inner.store, &inner.keys.next()).await?,
+        };
         let token = Position::new(first + events.len() as u64);
         writes.extend(log::append(&inner.keys, first, &events)?);
         if let Some(record) = idempotency {
             writes.push(Write::Put(record, encode_result(&output, token)?));
         }
-        inner.store.write_batch(writes).await?;
+        if let Err(error) = inner.store.write_batch(writes).await {
+            // Whether it landed is unknown: read the next number again.
+            *turn = None;
+            return Err(error.into());
+        }
+        *turn = Some(token.get());
         inner.commits.send_replace(token.get());
         drop(turn);
         if let Err(error) = self.publish_pending().await {
