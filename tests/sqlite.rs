@@ -364,3 +364,45 @@ async fn sqlite_work_never_blocks_the_runtime_thread() {
         "the runtime thread was blocked: {ticked} ticks in {took:?}"
     );
 }
+
+#[tokio::test]
+async fn a_store_lists_its_entries_for_moving_data_and_a_resharding_over_sqlite_loses_nothing() {
+    use scalekit::shard::BucketSharded;
+    use scalekit::store::Scan;
+
+    let dir = tempfile::tempdir().unwrap();
+    let listed = file_store::<u64, String>(&dir, "listed").await;
+    listed
+        .write_batch((0..50).map(|k| Write::Put(k, format!("v{k}"))).collect())
+        .await
+        .unwrap();
+    listed.delete(&7).await.unwrap();
+    let mut entries = listed.entries().await.unwrap();
+    entries.sort();
+    assert_eq!(entries.len(), 49);
+    assert_eq!(entries[0], (0, "v0".to_string()));
+
+    // Three SQLite files, two in use, resharded to all three.
+    let mut shards = Vec::new();
+    for n in 0..3 {
+        shards.push(Arc::new(
+            file_store::<u64, String>(&dir, &format!("shard{n}")).await,
+        ));
+    }
+    let meta = scalekit::MemoryStore::<String, Vec<u8>>::new().into_dyn();
+    let store = BucketSharded::open(shards.clone(), meta, "users", 64, 2)
+        .await
+        .unwrap();
+    for key in 0..300u64 {
+        store.put(key, format!("u{key}")).await.unwrap();
+    }
+    store.reshard(&[0, 1, 2]).await.unwrap();
+    let mut total = 0;
+    for shard in &shards {
+        total += shard.entries().await.unwrap().len();
+    }
+    assert_eq!(total, 300, "each key on one shard");
+    for key in 0..300u64 {
+        assert_eq!(store.get(&key).await.unwrap(), Some(format!("u{key}")));
+    }
+}

@@ -202,6 +202,23 @@ where
     }
 }
 
+/// Every row of the table (for moving data between stores), read on a
+/// reader connection.
+impl<K, V> crate::store::Scan for SqliteStore<K, V>
+where
+    K: Codec + Clone + Eq + Hash,
+    V: Codec + Clone,
+{
+    async fn entries(&self) -> Result<Vec<(K, V)>> {
+        let rows = self
+            .submit(&self.queues.readers, |reply| Job::Scan { reply })
+            .await?;
+        rows.into_iter()
+            .map(|(key, value)| Ok((sql::decode("key", &key)?, sql::decode("value", &value)?)))
+            .collect()
+    }
+}
+
 /// Configures and opens a [`SqliteStore`]; see [`SqliteStore::builder`].
 pub struct SqliteStoreBuilder<K, V> {
     location: Option<Location>,

@@ -35,6 +35,10 @@ pub(super) enum Job {
         batch: EncodedBatch,
         reply: Reply<Position>,
     },
+    /// Every row of the table.
+    Scan {
+        reply: Reply<Vec<(Vec<u8>, Vec<u8>)>>,
+    },
     /// Finish what was taken from the queue, close the connection, say so.
     Close { done: oneshot::Sender<()> },
 }
@@ -64,6 +68,7 @@ struct Statements {
     get: String,
     put: String,
     delete: String,
+    scan: String,
 }
 
 impl Statements {
@@ -75,6 +80,7 @@ impl Statements {
                  ON CONFLICT(k) DO UPDATE SET v = excluded.v"
             ),
             delete: format!("DELETE FROM \"{table}\" WHERE k = ?1"),
+            scan: format!("SELECT k, v FROM \"{table}\""),
         }
     }
 }
@@ -146,6 +152,19 @@ pub(super) fn open_reader(config: &ConnectionConfig) -> Result<Connection> {
 }
 
 /// Reads `keys` in one read transaction, so a `get_many` sees one snapshot.
+/// Every row's key and value bytes.
+fn scan(conn: &Connection, statements: &Statements) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut stmt = conn
+        .prepare_cached(&statements.scan)
+        .map_err(backend("entries"))?;
+    let rows = stmt
+        .query_map([], |row| {
+            Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Vec<u8>>(1)?))
+        })
+        .map_err(backend("entries"))?;
+    rows.map(|row| row.map_err(backend("entries"))).collect()
+}
+
 fn read(
     conn: &mut Connection,
     statements: &Statements,
@@ -237,6 +256,9 @@ impl Writer {
                 match job {
                     Job::Write { batch, reply } => writes.push((batch, reply)),
                     Job::Read { keys, reply } => reads.push((keys, reply)),
+                    Job::Scan { reply } => {
+                        let _ = reply.send(scan(&self.conn, &self.statements));
+                    }
                     Job::Close { done } => closing.push(done),
                 }
                 if writes.len() + reads.len() < MAX_GROUP && closing.is_empty() {
@@ -335,6 +357,9 @@ pub(super) fn run_reader(mut conn: Connection, table: &str, jobs: Receiver<Job>)
         match job {
             Job::Read { keys, reply } => {
                 let _ = reply.send(read(&mut conn, &statements, &keys));
+            }
+            Job::Scan { reply } => {
+                let _ = reply.send(scan(&conn, &statements));
             }
             Job::Write { reply, .. } => {
                 // Never routed here; answer rather than drop silently.
