@@ -700,3 +700,34 @@ async fn a_read_over_the_timeout_fails_over_to_another_replica_and_counts_as_a_f
     assert!(stats.replicas[0].ejected);
     assert_eq!(stats.spills_to_primary, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn no_more_than_the_allowed_share_of_replicas_is_ejected_at_once() {
+    let primary = Primary::new();
+    let (a, b) = (
+        replica(&primary, Duration::ZERO, Duration::ZERO).await,
+        replica(&primary, Duration::ZERO, Duration::ZERO).await,
+    );
+    let set = ReplicaSet::builder()
+        .primary(primary.clone())
+        .replica("a", a.clone())
+        .replica("b", b.clone())
+        .balance(Balance::RoundRobin)
+        .ejection(Ejection {
+            after_failures: 1,
+            max_ejected_share: 0.5,
+            ..Ejection::default()
+        })
+        .health_checks(false)
+        .spill_budget(1.0, 1_000)
+        .build()
+        .await
+        .unwrap();
+    a.set_failing(true);
+    b.set_failing(true);
+    for _ in 0..10 {
+        let _ = set.get(&1).await;
+    }
+    let ejected = set.stats().replicas.iter().filter(|r| r.ejected).count();
+    assert_eq!(ejected, 1, "half of two replicas: one, however many fail");
+}
