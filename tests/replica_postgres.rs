@@ -51,6 +51,17 @@ async fn replica_at(url: String, table: &str) -> Pg {
         .unwrap()
 }
 
+/// Ejects a replica after `failures` in a row, for a minute; every replica
+/// may be ejected.
+fn eject_for_a_minute_after(failures: u32) -> Ejection {
+    Ejection {
+        after_failures: failures,
+        base: Duration::from_secs(60),
+        max: Duration::from_secs(60),
+        max_ejected_share: 1.0,
+    }
+}
+
 /// Pauses or resumes WAL replay on the standby.
 async fn replay(on: bool) {
     let (client, connection) = tokio_postgres::connect(&standby_url(), tokio_postgres::NoTls)
@@ -170,12 +181,7 @@ async fn a_dead_replica_is_ejected_and_with_none_left_the_primary_answers_within
         // In turn, so the dead one keeps being tried until it is ejected
         // (peak-EWMA would simply stop picking it after its first failure).
         .balance(Balance::RoundRobin)
-        .ejection(Ejection {
-            after_failures: 2,
-            base: Duration::from_secs(60),
-            max: Duration::from_secs(60),
-            max_ejected_share: 1.0,
-        })
+        .ejection(eject_for_a_minute_after(2))
         .health_checks(false)
         .spill_budget(0.5, 0)
         .build()
@@ -206,12 +212,7 @@ async fn a_dead_replica_is_ejected_and_with_none_left_the_primary_answers_within
             "dead",
             replica_at("postgres://postgres@127.0.0.1:1/test".into(), &table).await,
         )
-        .ejection(Ejection {
-            after_failures: 1,
-            base: Duration::from_secs(60),
-            max: Duration::from_secs(60),
-            max_ejected_share: 1.0,
-        })
+        .ejection(eject_for_a_minute_after(1))
         .health_checks(false)
         .spill_budget(0.5, 0)
         .build()
