@@ -410,14 +410,18 @@ mod read_side {
             .unwrap();
         assert_eq!(timeline, vec![1]);
         match queries.query(GetTimeline(String::new())).await {
-            Err(QueryError::Failed(error)) => {
-                assert!(matches!(error.kind(), scalekit::ErrorKind::Config { .. }))
-            }
+            Err(QueryError::Rejected(reason)) => assert_eq!(reason, "whose timeline?"),
             other => panic!("{other:?}"),
         }
         let timed = timing.timings();
         let counted = timed.values().next().unwrap();
         assert_eq!((counted.count, counted.failed), (2, 1));
+        let twice = QueryBus::builder(projection.clone())
+            .handle(Timeline(projection.clone()))
+            .handle(Timeline(projection.clone()))
+            .build()
+            .unwrap_err();
+        assert!(matches!(twice.kind(), scalekit::ErrorKind::Config { .. }));
     }
 
     #[tokio::test(start_paused = true)]

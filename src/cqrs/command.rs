@@ -1,8 +1,7 @@
 //! The command side: typed commands, one handler each, a write model, and
 //! the events a command emits committed with its writes.
 
-use std::any::{Any, TypeId};
-use std::collections::HashMap;
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -10,6 +9,7 @@ use std::sync::Arc;
 
 use super::log::{self, LogKeys, WriteStore};
 use super::middleware::{BoxedOutcome, Envelope, Failure, MessageKind, Middleware, Pipeline};
+use super::registry::Registry;
 use crate::codec::Codec;
 use crate::events::Topic;
 use crate::store::Write;
@@ -160,7 +160,7 @@ pub struct Recorded<E> {
 struct Inner<S, E: Clone> {
     store: S,
     keys: LogKeys,
-    handlers: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
+    handlers: Registry,
     topic: Option<Topic<Recorded<E>>>,
     /// Commands run one at a time: the handler's reads, its commit and the
     /// log's next sequence number stay consistent.
@@ -204,8 +204,7 @@ impl<S: fmt::Debug, E: Clone> fmt::Debug for CommandBus<S, E> {
 pub struct CommandBusBuilder<S, E: Clone> {
     store: S,
     name: String,
-    handlers: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
-    duplicate: Option<&'static str>,
+    handlers: Registry,
     topic: Option<Topic<Recorded<E>>>,
     pipeline: Pipeline,
 }
@@ -227,13 +226,7 @@ where
     /// Handles commands of type `C` with `handler` (one handler per type).
     pub fn handle<C: Command>(mut self, handler: impl CommandHandler<C, E>) -> Self {
         let erased: Arc<dyn ErasedHandler<C, E>> = Arc::new(handler);
-        if self
-            .handlers
-            .insert(TypeId::of::<C>(), Box::new(erased))
-            .is_some()
-        {
-            self.duplicate = Some(std::any::type_name::<C>());
-        }
+        self.handlers.insert::<C, _>(erased);
         self
     }
 
@@ -258,12 +251,7 @@ where
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) for two handlers
     /// of one command type, or an empty name.
     pub fn build(self) -> Result<CommandBus<S, E>> {
-        if let Some(command) = self.duplicate {
-            return Err(Error::config(
-                "CommandBus",
-                format!("two handlers for {command}: a command has exactly one"),
-            ));
-        }
+        self.handlers.check("CommandBus", "command")?;
         if self.name.is_empty() {
             return Err(Error::config("CommandBus", "the log needs a name"));
         }
@@ -292,8 +280,7 @@ where
         CommandBusBuilder {
             store,
             name: name.into(),
-            handlers: HashMap::new(),
-            duplicate: None,
+            handlers: Registry::default(),
             topic: None,
             pipeline: Pipeline::default(),
         }
@@ -376,14 +363,7 @@ where
         let inner = &*self.inner;
         let handler = inner
             .handlers
-            .get(&TypeId::of::<C>())
-            .and_then(|h| h.downcast_ref::<Arc<dyn ErasedHandler<C, E>>>())
-            .ok_or_else(|| {
-                Error::config(
-                    "CommandBus",
-                    format!("no handler for {}", std::any::type_name::<C>()),
-                )
-            })?;
+            .get::<C, Arc<dyn ErasedHandler<C, E>>>("CommandBus")?;
         let idempotency = command
             .idempotency_key()
             .map(|key| inner.keys.handled(&key));

@@ -74,6 +74,7 @@ mod log;
 mod middleware;
 mod projection;
 mod query;
+mod registry;
 
 pub use self::command::{
     Command, CommandBus, CommandBusBuilder, CommandContext, CommandError, CommandHandler, Receipt,

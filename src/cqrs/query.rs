@@ -1,8 +1,7 @@
 //! The query side: typed queries, one handler each, over read models; a
 //! query can wait for a command's token.
 
-use std::any::{Any, TypeId};
-use std::collections::HashMap;
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -11,6 +10,7 @@ use std::time::Duration;
 
 use super::middleware::{BoxedOutcome, Envelope, Failure, MessageKind, Middleware, Pipeline};
 use super::projection::Stale;
+use super::registry::Registry;
 use crate::{Error, Position, Result};
 
 /// A question to a read model.
@@ -28,6 +28,10 @@ pub trait QueryHandler<Q: Query>: Send + Sync + 'static {
 /// Why a query was not answered.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum QueryError {
+    /// The query is invalid (a validating layer refused it): retrying will
+    /// not help.
+    #[error("query rejected: {0}")]
+    Rejected(String),
     /// The read model had not reached the query's token in time.
     #[error(transparent)]
     Stale(#[from] Stale),
@@ -77,7 +81,7 @@ impl<Q: Query, H: QueryHandler<Q>> ErasedHandler<Q> for H {
 /// Dispatches each query to its one handler; a query with a token first
 /// waits for the read model's watermark. Cloning it is cheap.
 pub struct QueryBus<W> {
-    handlers: Arc<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
+    handlers: Arc<Registry>,
     watermark: Arc<W>,
     timeout: Duration,
     pipeline: Arc<Pipeline>,
@@ -106,8 +110,7 @@ impl<W> fmt::Debug for QueryBus<W> {
 /// Configures a [`QueryBus`]; see [`QueryBus::builder`].
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct QueryBusBuilder<W> {
-    handlers: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
-    duplicate: Option<&'static str>,
+    handlers: Registry,
     watermark: W,
     timeout: Duration,
     pipeline: Pipeline,
@@ -126,13 +129,7 @@ impl<W: Watermark> QueryBusBuilder<W> {
     /// Answers queries of type `Q` with `handler` (one handler per type).
     pub fn handle<Q: Query>(mut self, handler: impl QueryHandler<Q>) -> Self {
         let erased: Arc<dyn ErasedHandler<Q>> = Arc::new(handler);
-        if self
-            .handlers
-            .insert(TypeId::of::<Q>(), Box::new(erased))
-            .is_some()
-        {
-            self.duplicate = Some(std::any::type_name::<Q>());
-        }
+        self.handlers.insert::<Q, _>(erased);
         self
     }
 
@@ -157,12 +154,7 @@ impl<W: Watermark> QueryBusBuilder<W> {
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) for two handlers of
     /// one query type.
     pub fn build(self) -> Result<QueryBus<W>> {
-        if let Some(query) = self.duplicate {
-            return Err(Error::config(
-                "QueryBus",
-                format!("two handlers for {query}: a query has exactly one"),
-            ));
-        }
+        self.handlers.check("QueryBus", "query")?;
         Ok(QueryBus {
             handlers: Arc::new(self.handlers),
             watermark: Arc::new(self.watermark),
@@ -176,8 +168,7 @@ impl<W: Watermark> QueryBus<W> {
     /// Starts configuring a bus over the read model `watermark` tracks.
     pub fn builder(watermark: W) -> QueryBusBuilder<W> {
         QueryBusBuilder {
-            handlers: HashMap::new(),
-            duplicate: None,
+            handlers: Registry::default(),
             watermark,
             timeout: Duration::from_secs(1),
             pipeline: Pipeline::default(),
@@ -186,14 +177,7 @@ impl<W: Watermark> QueryBus<W> {
 
     fn handler<Q: Query>(&self) -> Result<&Arc<dyn ErasedHandler<Q>>> {
         self.handlers
-            .get(&TypeId::of::<Q>())
-            .and_then(|h| h.downcast_ref::<Arc<dyn ErasedHandler<Q>>>())
-            .ok_or_else(|| {
-                Error::config(
-                    "QueryBus",
-                    format!("no handler for {}", std::any::type_name::<Q>()),
-                )
-            })
+            .get::<Q, Arc<dyn ErasedHandler<Q>>>("QueryBus")
     }
 
     /// Answers `query` from the read model as it is (it may not show the
@@ -202,8 +186,7 @@ impl<W: Watermark> QueryBus<W> {
     /// # Errors
     ///
     /// The handler's errors; a `Config` error for a query without a
-    /// handler; a validating layer's refusal (as `Failed` with a `Config`
-    /// error).
+    /// handler; [`QueryError::Rejected`] from a validating layer.
     pub async fn query<Q: Query + Clone + Sync>(
         &self,
         query: Q,
@@ -258,6 +241,7 @@ impl<W: Watermark> QueryBus<W> {
             Box::pin(async move {
                 match self.once(query, token).await {
                     Ok(output) => Ok(Box::new(output) as Box<dyn Any + Send>),
+                    Err(QueryError::Rejected(reason)) => Err(Failure::Rejected(reason)),
                     Err(QueryError::Stale(stale)) => Err(Failure::Stale(stale)),
                     Err(QueryError::Failed(error)) => Err(Failure::Failed(error)),
                 }
@@ -275,9 +259,7 @@ impl<W: Watermark> QueryBus<W> {
                 }),
             Err(Failure::Stale(stale)) => Err(QueryError::Stale(stale)),
             Err(Failure::Failed(error)) => Err(QueryError::Failed(error)),
-            Err(Failure::Rejected(reason)) => {
-                Err(QueryError::Failed(Error::config("QueryBus", reason)))
-            }
+            Err(Failure::Rejected(reason)) => Err(QueryError::Rejected(reason)),
         }
     }
 }

@@ -249,13 +249,16 @@ where
         Ok(scattered)
     }
 
-    /// Records a shard's position after a write; the store's position:
-    /// the sum of the latest position of every shard, which grows with
-    /// every write to any shard.
-    fn wrote(&self, shard: usize, position: Position) -> Position {
+    /// Records the position a shard reached after a write.
+    fn reached(&self, shard: usize, position: Position) {
         self.inner.counters[shard]
             .position
             .fetch_max(position.get(), Ordering::Relaxed);
+    }
+
+    /// The store's position: the sum of the latest position of every
+    /// shard, which grows with every write to any shard.
+    fn position(&self) -> Position {
         Position::new(
             self.inner
                 .counters
@@ -319,13 +322,15 @@ where
     async fn put(&self, key: S::Key, value: S::Value) -> Result<Position> {
         let shard = self.shard_of(&key)?;
         let position = self.bounded(self.counted(shard, 1).put(key, value)).await?;
-        Ok(self.wrote(shard, position))
+        self.reached(shard, position);
+        Ok(self.position())
     }
 
     async fn delete(&self, key: &S::Key) -> Result<Position> {
         let shard = self.shard_of(key)?;
         let position = self.bounded(self.counted(shard, 1).delete(key)).await?;
-        Ok(self.wrote(shard, position))
+        self.reached(shard, position);
+        Ok(self.position())
     }
 
     /// One `get_many` per shard, all at once; fails if any shard fails
@@ -345,11 +350,10 @@ where
         if let Some(failed) = scattered.errors.into_iter().next() {
             return Err(failed.error);
         }
-        let mut position = self.wrote(0, Position::ZERO);
         for &(shard, reached) in &scattered.written {
-            position = self.wrote(shard, reached);
+            self.reached(shard, reached);
         }
-        Ok(position)
+        Ok(self.position())
     }
 }
 
