@@ -145,3 +145,45 @@ fn bad_fault_configurations_are_config_errors() {
     let none = FaultyStore::builder(memory()).on(&[]).build().unwrap_err();
     assert!(none.to_string().contains("at least one operation"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_store_with_a_capacity_serves_that_many_calls_at_once_and_queues_the_rest() {
+    let store = std::sync::Arc::new(
+        FaultyStore::builder(memory())
+            .latency(Duration::from_millis(10))
+            .capacity(2)
+            .build()
+            .unwrap(),
+    );
+    assert_eq!(store.capacity(), Some(2));
+    let started = tokio::time::Instant::now();
+    let calls: Vec<_> = (0..6)
+        .map(|key| {
+            let store = store.clone();
+            tokio::spawn(async move { store.put(key, key).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(30),
+        "six 10 ms calls, two at a time, take three rounds"
+    );
+    assert_eq!(
+        store.busy(),
+        Duration::from_millis(60),
+        "busy time counts time inside, not time queued"
+    );
+}
+
+#[tokio::test]
+async fn a_capacity_of_zero_is_a_configuration_error() {
+    let err = FaultyStore::builder(memory())
+        .capacity(0)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Config { .. }), "{err}");
+    assert_eq!(FaultyStore::new(memory()).capacity(), None);
+}

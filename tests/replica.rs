@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use scalekit::replica::simulated::{SimulatedPrimary, SimulatedReplica};
-use scalekit::replica::{Balance, Ejection, MaxLag, ReplicaSet, ReplicaSetBuilder, Session};
+use scalekit::replica::{
+    Balance, Ejection, MaxLag, Positioned, ReplicaSet, ReplicaSetBuilder, Session,
+};
 use scalekit::testing::{conformance, FaultyStore};
 use scalekit::{ErrorKind, Position, Store};
 
@@ -730,4 +732,35 @@ async fn no_more_than_the_allowed_share_of_replicas_is_ejected_at_once() {
     }
     let ejected = set.stats().replicas.iter().filter(|r| r.ejected).count();
     assert_eq!(ejected, 1, "half of two replicas: one, however many fail");
+}
+
+#[tokio::test]
+async fn a_simulated_primary_over_sqlite_ships_its_writes_to_in_memory_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = scalekit::store::SqliteStore::<u64, String>::builder()
+        .path(dir.path().join("primary.db"))
+        .build()
+        .await
+        .unwrap();
+    let primary = SimulatedPrimary::over(file);
+    let early = primary.put(1, "one".into()).await.unwrap();
+    // A replica made now starts from a copy of the file.
+    let replica = primary.replica(Duration::ZERO).await.unwrap();
+    assert_eq!(replica.get(&1).await.unwrap(), Some("one".into()));
+    assert_eq!(replica.applied_position().await.unwrap(), early);
+    let later = primary.put(2, "two".into()).await.unwrap();
+    assert!(later > early);
+    assert_eq!(primary.applied_position().await.unwrap(), later);
+    let set = ReplicaSet::builder()
+        .primary(primary.clone())
+        .replica("memory", replica)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(set.get_after(&2, later).await.unwrap(), Some("two".into()));
+    assert_eq!(
+        primary.get_ref().get(&2).await.unwrap(),
+        Some("two".into()),
+        "the write is in the file"
+    );
 }

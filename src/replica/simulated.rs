@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::positioned::Positioned;
-use crate::store::{MemoryStore, Store, Write};
+use crate::store::{MemoryStore, Scan, Store, Write};
 use crate::{Error, Position, Result};
 
 /// One committed write, on its way to the replicas.
@@ -43,22 +43,26 @@ struct Shipment<K, V> {
 /// Where a replica receives the primary's shipments.
 type Feed<K, V> = UnboundedSender<Arc<Shipment<K, V>>>;
 
-struct PrimaryInner<K, V> {
-    store: MemoryStore<K, V>,
+struct PrimaryInner<K, V, S> {
+    store: S,
+    /// The position of the latest committed write.
+    position: AtomicU64,
     feeds: Mutex<Vec<Feed<K, V>>>,
     /// Writes commit and ship one at a time, so replicas apply them in
     /// position order.
     order: tokio::sync::Mutex<()>,
 }
 
-/// An in-memory primary whose writes are shipped to its
-/// [`SimulatedReplica`]s. A [`Store`] and [`Positioned`] (its position
-/// counts its writes). Cloning it is cheap; clones are one primary.
-pub struct SimulatedPrimary<K, V> {
-    inner: Arc<PrimaryInner<K, V>>,
+/// A primary whose writes are shipped to its [`SimulatedReplica`]s: an
+/// in-memory one ([`SimulatedPrimary::new`]) or any store you give it
+/// ([`SimulatedPrimary::over`]: a SQLite file, say, whose replicas are
+/// copies in memory). A [`Store`] and [`Positioned`] (its position is that
+/// of its latest write). Cloning it is cheap; clones are one primary.
+pub struct SimulatedPrimary<K, V, S = MemoryStore<K, V>> {
+    inner: Arc<PrimaryInner<K, V, S>>,
 }
 
-impl<K, V> Clone for SimulatedPrimary<K, V> {
+impl<K, V, S> Clone for SimulatedPrimary<K, V, S> {
     fn clone(&self) -> Self {
         SimulatedPrimary {
             inner: Arc::clone(&self.inner),
@@ -66,9 +70,11 @@ impl<K, V> Clone for SimulatedPrimary<K, V> {
     }
 }
 
-impl<K, V> fmt::Debug for SimulatedPrimary<K, V> {
+impl<K, V, S> fmt::Debug for SimulatedPrimary<K, V, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimulatedPrimary").finish_non_exhaustive()
+        f.debug_struct("SimulatedPrimary")
+            .field("position", &self.inner.position.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
     }
 }
 
@@ -87,25 +93,50 @@ where
     K: Clone + Eq + Hash + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    /// An empty primary with no replicas.
+    /// An empty in-memory primary with no replicas.
     pub fn new() -> Self {
+        Self::over(MemoryStore::new())
+    }
+}
+
+impl<K, V, S> SimulatedPrimary<K, V, S>
+where
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: Store<Key = K, Value = V>,
+{
+    /// A primary over `store`, with no replicas: every write through it
+    /// reaches `store` first, then its replicas. Write to the store only
+    /// through the primary, or the replicas miss those writes.
+    pub fn over(store: S) -> Self {
         SimulatedPrimary {
             inner: Arc::new(PrimaryInner {
-                store: MemoryStore::new(),
+                store,
+                position: AtomicU64::new(0),
                 feeds: Mutex::new(Vec::new()),
                 order: tokio::sync::Mutex::new(()),
             }),
         }
     }
 
-    /// A new replica: a copy of the primary now, then every later write,
-    /// each applied `delay` after it committed.
+    /// The store the primary writes to.
+    pub fn get_ref(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// A new replica: a copy of the primary now (read with
+    /// [`Scan`]), then every later write, each applied `delay` after it
+    /// committed.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) outside a tokio
-    /// runtime (the replica applies writes in a task).
-    pub async fn replica(&self, delay: Duration) -> Result<SimulatedReplica<K, V>> {
+    /// runtime (the replica applies writes in a task); the store's error if
+    /// it cannot be read.
+    pub async fn replica(&self, delay: Duration) -> Result<SimulatedReplica<K, V>>
+    where
+        S: Scan,
+    {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::config(
                 "SimulatedReplica",
@@ -115,12 +146,20 @@ where
         // No write commits while the copy is taken and the feed joins.
         let _order = self.inner.order.lock().await;
         let store = MemoryStore::new();
-        for (key, value) in self.inner.store.entries() {
-            store.put(key, value).await?;
-        }
+        store
+            .write_batch(
+                self.inner
+                    .store
+                    .entries()
+                    .await?
+                    .into_iter()
+                    .map(|(key, value)| Write::Put(key, value))
+                    .collect(),
+            )
+            .await?;
         let shared = Arc::new(ReplicaShared {
             store,
-            applied: AtomicU64::new(self.inner.store.position().get()),
+            applied: AtomicU64::new(self.inner.position.load(Ordering::Acquire)),
             delay_nanos: AtomicU64::new(nanos(delay)),
         });
         let (feed, shipments) = unbounded_channel();
@@ -144,6 +183,9 @@ where
     ) -> Result<Position> {
         let _order = self.inner.order.lock().await;
         let position = commit.await?;
+        self.inner
+            .position
+            .fetch_max(position.get(), Ordering::AcqRel);
         let shipment = Arc::new(Shipment {
             position,
             writes: writes.into(),
@@ -162,10 +204,11 @@ fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
-impl<K, V> Store for SimulatedPrimary<K, V>
+impl<K, V, S> Store for SimulatedPrimary<K, V, S>
 where
     K: Clone + Eq + Hash + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
+    S: Store<Key = K, Value = V>,
 {
     type Key = K;
     type Value = V;
@@ -194,13 +237,14 @@ where
     }
 }
 
-impl<K, V> Positioned for SimulatedPrimary<K, V>
+impl<K, V, S> Positioned for SimulatedPrimary<K, V, S>
 where
     K: Clone + Eq + Hash + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
+    S: Store<Key = K, Value = V>,
 {
     async fn applied_position(&self) -> Result<Position> {
-        Ok(self.inner.store.position())
+        Ok(Position::new(self.inner.position.load(Ordering::Acquire)))
     }
 }
 

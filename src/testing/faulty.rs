@@ -5,6 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::time::Instant;
+
 use crate::store::{Store, Write};
 use crate::{Error, ErrorKind, Position, Result};
 
@@ -124,6 +127,26 @@ pub struct FaultyStore<S> {
     /// Calls seen by the faults, for `fail_every`.
     eligible_calls: AtomicU64,
     injected: AtomicU64,
+    /// At most this many calls at once (a server's connections).
+    slots: Option<Semaphore>,
+    capacity: usize,
+    /// Nanoseconds that calls spent inside, summed over calls.
+    busy_nanos: AtomicU64,
+}
+
+/// A call inside the store: holds a slot, and adds its time to the busy
+/// total when it ends.
+struct Occupied<'a> {
+    busy_nanos: &'a AtomicU64,
+    since: Instant,
+    _slot: Option<SemaphorePermit<'a>>,
+}
+
+impl Drop for Occupied<'_> {
+    fn drop(&mut self) {
+        let nanos = u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.busy_nanos.fetch_add(nanos, Ordering::AcqRel);
+    }
 }
 
 impl<S: fmt::Debug> fmt::Debug for FaultyStore<S> {
@@ -135,6 +158,7 @@ impl<S: fmt::Debug> fmt::Debug for FaultyStore<S> {
             .field("fail_every", &self.fail_every)
             .field("probability", &self.probability)
             .field("fail_all", &self.fail_all.load(Ordering::Relaxed))
+            .field("capacity", &self.slots.as_ref().map(|_| self.capacity))
             .field("calls", &self.calls())
             .finish()
     }
@@ -150,6 +174,7 @@ impl<S> FaultyStore<S> {
             fail_every: None,
             probability: None,
             on: Operation::ALL.to_vec(),
+            capacity: None,
         }
     }
 
@@ -168,6 +193,37 @@ impl<S> FaultyStore<S> {
             counts: Default::default(),
             eligible_calls: AtomicU64::new(0),
             injected: AtomicU64::new(0),
+            slots: None,
+            capacity: 0,
+            busy_nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// The time calls have spent inside the store (waiting for a slot not
+    /// included), summed over calls. Divided by the elapsed time and by
+    /// the [`capacity`](FaultyStoreBuilder::capacity) it is the store's
+    /// utilisation: near 1, the store is the bottleneck.
+    pub fn busy(&self) -> Duration {
+        Duration::from_nanos(self.busy_nanos.load(Ordering::Acquire))
+    }
+
+    /// The most calls served at once, if the store has a
+    /// [`capacity`](FaultyStoreBuilder::capacity).
+    pub fn capacity(&self) -> Option<usize> {
+        self.slots.as_ref().map(|_| self.capacity)
+    }
+
+    /// Waits for a slot (with a capacity) and starts timing the call.
+    async fn occupy(&self) -> Occupied<'_> {
+        let slot = match &self.slots {
+            // The semaphore is never closed.
+            Some(slots) => slots.acquire().await.ok(),
+            None => None,
+        };
+        Occupied {
+            busy_nanos: &self.busy_nanos,
+            since: Instant::now(),
+            _slot: slot,
         }
     }
 
@@ -259,6 +315,7 @@ impl<S: Store> Store for FaultyStore<S> {
     type Value = S::Value;
 
     async fn get(&self, key: &S::Key) -> Result<Option<S::Value>> {
+        let _inside = self.occupy().await;
         self.enter(Operation::Get).await?;
         let answer = self.inner.get(key).await;
         self.leave().await;
@@ -266,6 +323,7 @@ impl<S: Store> Store for FaultyStore<S> {
     }
 
     async fn put(&self, key: S::Key, value: S::Value) -> Result<Position> {
+        let _inside = self.occupy().await;
         self.enter(Operation::Put).await?;
         let answer = self.inner.put(key, value).await;
         self.leave().await;
@@ -273,6 +331,7 @@ impl<S: Store> Store for FaultyStore<S> {
     }
 
     async fn delete(&self, key: &S::Key) -> Result<Position> {
+        let _inside = self.occupy().await;
         self.enter(Operation::Delete).await?;
         let answer = self.inner.delete(key).await;
         self.leave().await;
@@ -280,6 +339,7 @@ impl<S: Store> Store for FaultyStore<S> {
     }
 
     async fn get_many(&self, keys: &[S::Key]) -> Result<Vec<Option<S::Value>>> {
+        let _inside = self.occupy().await;
         self.enter(Operation::GetMany).await?;
         let answer = self.inner.get_many(keys).await;
         self.leave().await;
@@ -287,6 +347,7 @@ impl<S: Store> Store for FaultyStore<S> {
     }
 
     async fn write_batch(&self, batch: Vec<Write<S::Key, S::Value>>) -> Result<Position> {
+        let _inside = self.occupy().await;
         self.enter(Operation::WriteBatch).await?;
         let answer = self.inner.write_batch(batch).await;
         self.leave().await;
@@ -303,6 +364,7 @@ pub struct FaultyStoreBuilder<S> {
     fail_every: Option<u64>,
     probability: Option<(f64, u64)>,
     on: Vec<Operation>,
+    capacity: Option<usize>,
 }
 
 impl<S> FaultyStoreBuilder<S> {
@@ -318,6 +380,16 @@ impl<S> FaultyStoreBuilder<S> {
     /// real network both take varying time.
     pub fn jitter(mut self, jitter: Duration) -> Self {
         self.jitter = jitter;
+        self
+    }
+
+    /// Serves at most `calls` calls at once, as a server with that many
+    /// connections or cores does; the others queue (first come, first
+    /// served). With a [`latency`](Self::latency) this makes the store a
+    /// resource that saturates: `calls / latency` operations a second at
+    /// most. Without it, calls never queue.
+    pub fn capacity(mut self, calls: usize) -> Self {
+        self.capacity = Some(calls);
         self
     }
 
@@ -346,7 +418,8 @@ impl<S> FaultyStoreBuilder<S> {
     /// # Errors
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) for `fail_every(0)`, a probability outside 0 to 1,
-    /// or an empty operation list.
+    /// an empty operation list, or a capacity of 0 or over
+    /// [`Semaphore::MAX_PERMITS`].
     pub fn build(self) -> Result<FaultyStore<S>> {
         if self.fail_every == Some(0) {
             return Err(Error::config(
@@ -367,7 +440,22 @@ impl<S> FaultyStoreBuilder<S> {
                 "faults must apply to at least one operation",
             ));
         }
+        if let Some(calls) = self.capacity {
+            if calls == 0 || calls > Semaphore::MAX_PERMITS {
+                return Err(Error::config(
+                    COMPONENT,
+                    format!(
+                        "a capacity is from 1 to {} calls, not {calls}",
+                        Semaphore::MAX_PERMITS
+                    ),
+                ));
+            }
+        }
         let mut store = FaultyStore::new(self.inner);
+        if let Some(calls) = self.capacity {
+            store.slots = Some(Semaphore::new(calls));
+            store.capacity = calls;
+        }
         store.latency = self.latency;
         store.jitter = self.jitter;
         store.fail_every = self.fail_every;
