@@ -1,0 +1,112 @@
+//! The playbook lab (`examples/playbook.rs`) on a short, latency-bound
+//! workload: it runs every level to the end, and its figures make sense.
+
+#[allow(dead_code)]
+#[path = "../examples/playbook.rs"]
+mod playbook;
+
+use std::time::Duration;
+
+use playbook::{Level, LevelReport, Workload};
+
+fn short() -> Workload {
+    Workload {
+        keys: 5_000,
+        // A slow backend with one connection per node: the database, not
+        // this (debug-built, shared) machine's CPU, is the limit.
+        latency: Duration::from_millis(5),
+        node_capacity: 1,
+        concurrency: 32,
+        warmup: Duration::from_millis(100),
+        measure: Duration::from_millis(400),
+        out: None,
+        ..Workload::default()
+    }
+}
+
+fn level<'a>(reports: &'a [LevelReport], name: &str) -> &'a LevelReport {
+    reports
+        .iter()
+        .find(|r| r.level == name)
+        .unwrap_or_else(|| panic!("no level {name}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_level_runs_and_the_figures_are_sane() {
+    let workload = short();
+    let mut heard = 0;
+    let reports = playbook::run(&workload, |_| heard += 1).await.unwrap();
+    assert_eq!(reports.len(), Level::PLAYBOOK.len());
+    assert_eq!(heard, reports.len(), "progress hears every level");
+    for r in &reports {
+        assert_eq!(r.errors, 0, "{}: no request fails", r.level);
+        assert!(r.throughput > 0.0, "{}: requests completed", r.level);
+        assert!(
+            r.p50 <= r.p99 && r.p99 <= r.p999,
+            "{}: percentiles",
+            r.level
+        );
+        if let Some(hits) = r.hit_ratio {
+            assert!((0.0..=1.0).contains(&hits), "{}: hit ratio {hits}", r.level);
+        }
+        assert!((0.0..=1.05).contains(&r.primary_utilisation), "{r:?}");
+    }
+    let direct = level(&reports, "direct");
+    let cached = level(&reports, "+ cache");
+    assert!(direct.hit_ratio.is_none());
+    assert!(
+        (0.9..=1.1).contains(&direct.backend_calls_per_request),
+        "without a cache every request is a database call: {}",
+        direct.backend_calls_per_request
+    );
+    assert!(
+        cached.backend_calls_per_request < direct.backend_calls_per_request / 2.0,
+        "the cache calls the database less: {} vs {}",
+        cached.backend_calls_per_request,
+        direct.backend_calls_per_request
+    );
+    assert!(cached.throughput > direct.throughput);
+    let one = level(&reports, "+ 1 replica");
+    let four = level(&reports, "+ 4 replicas");
+    assert!(
+        four.read_throughput > one.read_throughput * 1.5,
+        "more replicas, more reads on a latency-bound backend: {} vs {}",
+        four.read_throughput,
+        one.read_throughput
+    );
+    let behind = level(&reports, "+ write-behind");
+    assert!(
+        behind.write_throughput > level(&reports, "+ 8 shards").write_throughput,
+        "buffered writes return sooner"
+    );
+    let csv = playbook::csv(&reports);
+    assert_eq!(csv.lines().count(), reports.len() + 1);
+    let svg = playbook::svg(&reports, &workload).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("+ write-behind"));
+    assert!(playbook::summary(&reports)[0].starts_with("cache:"));
+}
+
+#[tokio::test]
+async fn a_bad_workload_is_a_configuration_error() {
+    for workload in [
+        Workload {
+            read_share: 1.5,
+            ..short()
+        },
+        Workload { keys: 0, ..short() },
+        Workload {
+            zipf: f64::NAN,
+            ..short()
+        },
+        Workload {
+            measure: Duration::ZERO,
+            ..short()
+        },
+    ] {
+        let err = playbook::run(&workload, |_| {}).await.unwrap_err();
+        assert!(
+            matches!(err.kind(), scalekit::ErrorKind::Config { .. }),
+            "{err}"
+        );
+    }
+}
