@@ -44,6 +44,10 @@ use scalekit::shard::Sharded;
 use scalekit::testing::FaultyStore;
 use scalekit::{DynStore, MemoryStore, Store, Write};
 
+#[path = "support/workload.rs"]
+mod workload;
+use workload::{Rng, Zipf};
+
 /// What every level stores: a user id and an opaque row.
 type Value = Arc<[u8]>;
 type AnyStore = Arc<dyn DynStore<Key = u64, Value = Value>>;
@@ -312,44 +316,6 @@ async fn build(workload: &Workload, stack: Stack) -> scalekit::Result<Built> {
     })
 }
 
-/// Keys by Zipf popularity: key 0 the hottest.
-struct Zipf {
-    cumulative: Vec<f64>,
-}
-
-impl Zipf {
-    fn new(keys: u64, exponent: f64) -> Zipf {
-        let mut total = 0.0;
-        let mut cumulative: Vec<f64> = (1..=keys)
-            .map(|rank| {
-                total += 1.0 / (rank as f64).powf(exponent);
-                total
-            })
-            .collect();
-        for c in &mut cumulative {
-            *c /= total;
-        }
-        Zipf { cumulative }
-    }
-
-    fn sample(&self, uniform: f64) -> u64 {
-        self.cumulative.partition_point(|c| *c < uniform) as u64
-    }
-}
-
-/// SplitMix64: a fast, seedable generator, one per client.
-struct Rng(u64);
-
-impl Rng {
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 const WARMING: u8 = 0;
 const MEASURING: u8 = 1;
 const STOPPED: u8 = 2;
@@ -377,7 +343,7 @@ async fn client(
         if phase.load(Ordering::Acquire) == STOPPED {
             return tally;
         }
-        let key = zipf.sample(rng.next_f64());
+        let key = zipf.sample(&mut rng);
         let started = Instant::now();
         let ok = if reader {
             store.get(&key).await.is_ok()

@@ -79,13 +79,26 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// A topic whose events live in a JetStream stream.
+/// A topic whose events live in a JetStream stream. Cloning it is cheap;
+/// clones share the connection.
 pub struct NatsTopic<E> {
     jetstream: jetstream::Context,
     stream: jetstream::stream::Stream,
     name: String,
     subject: String,
     _events: PhantomData<fn() -> E>,
+}
+
+impl<E> Clone for NatsTopic<E> {
+    fn clone(&self) -> Self {
+        NatsTopic {
+            jetstream: self.jetstream.clone(),
+            stream: self.stream.clone(),
+            name: self.name.clone(),
+            subject: self.subject.clone(),
+            _events: PhantomData,
+        }
+    }
 }
 
 impl<E> fmt::Debug for NatsTopic<E> {

@@ -1,0 +1,340 @@
+//! The main job: a social app's data layer, composed from every level of
+//! the playbook, on the embedded default (no server to run).
+//!
+//! ```text
+//! cargo run --release --example data_layer
+//! cargo run --release --example data_layer -- --help
+//! ```
+//!
+//! The stack, from the request down:
+//!
+//! ```text
+//! profiles ─ ReadThrough cache (MemoryTier, or RedisTier with --redis)
+//!              └ Sharded by jump hash over 4 shards, each:
+//!                  Publishing (every write becomes a Change event)
+//!                    └ Session (this process's read-your-writes token)
+//!                        └ ReplicaSet: primary = SQLite file (or a PostgreSQL table),
+//!                                      1 simulated replica (in memory, 2 ms behind)
+//! changes  ─ event bus topic (or NATS JetStream with --nats):
+//!              "cache-invalidation" raises the shard's token to the change's position, then drops the key
+//!              "welcome-email"      an email gateway that refuses some addresses (retried, then dead-lettered)
+//! posts    ─ CommandBus (CreatePost) over a journalled WriteBehind over SQLite (or PostgreSQL)
+//!              └ Projection "timelines" (fan-out to each author's circle) ─ QueryBus (GetTimeline, with tokens)
+//! ```
+//!
+//! A second "admin" instance edits profiles through its own stack over the
+//! same databases, without the cache: the cache hears of those writes only
+//! through the change events. The program runs a mixed workload for a few
+//! seconds, prints a table per layer, then checks what it promised: every
+//! acknowledged post is in the database, the cache agrees with the
+//! primaries on every user, every read of one's own write saw it, every
+//! dead letter was replayed. It exits 1 if any check fails.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use scalekit::cache::MemoryTier;
+use scalekit::events::EventBus;
+use scalekit::store::{Scan, SqliteStore};
+use scalekit::Store;
+
+#[path = "../support/workload.rs"]
+mod workload;
+
+#[path = "clients.rs"]
+mod clients;
+#[path = "feed.rs"]
+mod feed;
+#[path = "model.rs"]
+mod model;
+#[path = "report.rs"]
+mod report;
+#[path = "stack.rs"]
+mod stack;
+
+use feed::Feed;
+use model::User;
+pub use report::Report;
+use stack::{run_on, Databases};
+
+/// What to run on, and how long.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Users in the table.
+    pub users: u64,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// How long the workload runs.
+    pub duration: Duration,
+    /// A progress bar on standard error (when it is a terminal).
+    pub progress: bool,
+    /// PostgreSQL URL: shards and posts in PostgreSQL tables instead of SQLite files.
+    pub postgres: Option<String>,
+    /// Redis URL: the profile cache in Redis instead of this process's memory.
+    pub redis: Option<String>,
+    /// NATS URL: change events through JetStream instead of the in-process bus.
+    pub nats: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            users: 10_000,
+            clients: 32,
+            duration: Duration::from_secs(4),
+            progress: true,
+            postgres: None,
+            redis: None,
+            nats: None,
+        }
+    }
+}
+
+const HELP: &str = "\
+cargo run --release --example data_layer -- [options]
+
+  --users N          users in the table                          (10000)
+  --clients N        concurrent clients                          (32)
+  --seconds S        how long the workload runs                  (4)
+  --postgres URL     shards and posts in PostgreSQL   (or SCALEKIT_DATA_LAYER_POSTGRES; feature postgres)
+  --redis URL        the profile cache in Redis       (or SCALEKIT_DATA_LAYER_REDIS; feature redis)
+  --nats URL         change events through JetStream  (or SCALEKIT_DATA_LAYER_NATS; feature nats)
+";
+
+pub fn parse(args: &[String]) -> Result<Config, String> {
+    let mut config = Config::default();
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    config.postgres = env("SCALEKIT_DATA_LAYER_POSTGRES");
+    config.redis = env("SCALEKIT_DATA_LAYER_REDIS");
+    config.nats = env("SCALEKIT_DATA_LAYER_NATS");
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            return Err(HELP.into());
+        }
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n\n{HELP}"))?;
+        let count = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{flag} takes a whole number, not {value:?}"))
+        };
+        match flag.as_str() {
+            "--users" => config.users = count()?,
+            "--clients" => config.clients = count()? as usize,
+            "--seconds" => {
+                let seconds: f64 = value
+                    .parse()
+                    .map_err(|_| format!("--seconds takes seconds, not {value:?}"))?;
+                if !(seconds > 0.0 && seconds.is_finite()) {
+                    return Err(format!("--seconds must be more than 0, not {value}"));
+                }
+                config.duration = Duration::from_secs_f64(seconds);
+            }
+            "--postgres" => config.postgres = Some(value.clone()),
+            "--redis" => config.redis = Some(value.clone()),
+            "--nats" => config.nats = Some(value.clone()),
+            _ => return Err(format!("unknown option {flag}\n\n{HELP}")),
+        }
+    }
+    if config.users < 10 || config.clients == 0 || config.clients as u64 * 2 > config.users {
+        return Err(
+            "--users must be at least 10 and twice --clients, and --clients at least 1".into(),
+        );
+    }
+    Ok(config)
+}
+
+/// Opens the databases the configuration names, and runs.
+pub async fn run(config: &Config, dir: &std::path::Path) -> scalekit::Result<Report> {
+    let feed = open_feed(config).await?;
+    let journal = dir.join("posts.journal");
+    match &config.postgres {
+        None => {
+            let mut primaries = Vec::new();
+            for shard in 0..4 {
+                primaries.push(
+                    SqliteStore::<u64, User>::builder()
+                        .path(dir.join(format!("users-{shard}.db")))
+                        .table("users")
+                        .build()
+                        .await?,
+                );
+            }
+            let posts = Arc::new(
+                SqliteStore::<String, Vec<u8>>::builder()
+                    .path(dir.join("posts.db"))
+                    .build()
+                    .await?,
+            );
+            let databases = Databases {
+                primaries,
+                posts,
+                journal,
+                description: format!("4 SQLite files and a posts file in {}", dir.display()),
+            };
+            with_tier(config, databases, feed).await
+        }
+        #[cfg(feature = "postgres")]
+        Some(url) => {
+            let mut primaries = Vec::new();
+            for shard in 0..4 {
+                primaries.push(fresh_table(url, &format!("data_layer_users_{shard}")).await?);
+            }
+            let posts = Arc::new(fresh_table::<String, Vec<u8>>(url, "data_layer_posts").await?);
+            let databases = Databases {
+                primaries,
+                posts,
+                journal,
+                description: format!("4 PostgreSQL tables and a posts table at {url}"),
+            };
+            with_tier(config, databases, feed).await
+        }
+        #[cfg(not(feature = "postgres"))]
+        Some(_) => Err(needs("postgres")),
+    }
+}
+
+#[cfg_attr(
+    all(feature = "postgres", feature = "redis", feature = "nats"),
+    allow(dead_code)
+)]
+fn needs(feature: &str) -> scalekit::Error {
+    scalekit::Error::config(
+        "data_layer",
+        format!("this build has no {feature} support: run it with --features {feature}"),
+    )
+}
+
+/// A PostgreSQL table emptied for this run.
+#[cfg(feature = "postgres")]
+async fn fresh_table<K, V>(
+    url: &str,
+    table: &str,
+) -> scalekit::Result<scalekit::store::PostgresStore<K, V>>
+where
+    K: scalekit::codec::Codec + Clone + Eq + std::hash::Hash + Send + Sync + 'static,
+    V: scalekit::codec::Codec + Clone + Send + Sync + 'static,
+{
+    let open = || {
+        scalekit::store::PostgresStore::<K, V>::builder()
+            .url(url)
+            .table(table)
+            .build()
+    };
+    open().await?.drop_table().await?;
+    open().await
+}
+
+async fn open_feed(config: &Config) -> scalekit::Result<Feed> {
+    match &config.nats {
+        None => Ok(Feed::Local(EventBus::new().topic("users.changes")?)),
+        #[cfg(feature = "nats")]
+        Some(url) => {
+            use scalekit::events::nats::NatsTopic;
+            // A fresh stream: the databases are fresh too.
+            NatsTopic::<feed::UserChange>::connect(url, "data_layer_users")
+                .await?
+                .delete()
+                .await?;
+            Ok(Feed::Nats(Arc::new(
+                NatsTopic::connect(url, "data_layer_users").await?,
+            )))
+        }
+        #[cfg(not(feature = "nats"))]
+        Some(_) => Err(needs("nats")),
+    }
+}
+
+async fn with_tier<P, Q>(
+    config: &Config,
+    databases: Databases<P, Q>,
+    feed: Feed,
+) -> scalekit::Result<Report>
+where
+    P: Store<Key = u64, Value = User> + Scan,
+    Q: Store<Key = String, Value = Vec<u8>>,
+{
+    match &config.redis {
+        None => {
+            let tier = MemoryTier::with_capacity(config.users / 5 + 1)?;
+            run_on(
+                config,
+                databases,
+                (tier, "in process (a fifth of the users)"),
+                feed,
+            )
+            .await
+        }
+        #[cfg(feature = "redis")]
+        Some(url) => {
+            // A namespace of this run's own: the databases are fresh, so
+            // no earlier run's entries may be read.
+            let run = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            let tier = scalekit::cache::RedisTier::<u64, User>::builder()
+                .url(url)
+                .namespace(format!("data_layer:{run}:{}", std::process::id()))
+                .time_to_live(Duration::from_secs(600))
+                .build()
+                .await?;
+            run_on(config, databases, (tier, "Redis"), feed).await
+        }
+        #[cfg(not(feature = "redis"))]
+        Some(_) => Err(needs("redis")),
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let config = match parse(&args) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(if message == HELP { 0 } else { 2 });
+        }
+    };
+    let dir = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("no temporary directory: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!(
+        "scalekit data layer: {} users, {} clients, {:?}; profiles sharded 4 ways with a replica each, \
+         cached, change events, posts through a journalled write-behind, CQRS timelines",
+        config.users, config.clients, config.duration
+    );
+    let mut report = match run(&config, dir.path()).await {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("the data layer failed: {e}");
+            std::process::exit(1);
+        }
+    };
+    report.print();
+    let failures = report.failures();
+    if failures.is_empty() {
+        let letters = match report.dead_letters_replayed {
+            Some(replayed) => format!("{replayed} dead letters replayed once the gateway recovered, none left"),
+            None => format!(
+                "{} dead letters kept for inspection (JetStream settles them at the broker: no in-process replay)",
+                report.groups.iter().map(|(_, _, left)| left).sum::<usize>()
+            ),
+        };
+        println!(
+            "\nverified: all {} accepted posts are in the database; the cache agrees with the primaries on all {} users; \
+             every read of one's own write saw it; {letters}",
+            report.posts.0, config.users,
+        );
+    } else {
+        for failure in &failures {
+            eprintln!("FAILED: {failure}");
+        }
+        std::process::exit(1);
+    }
+}
