@@ -70,6 +70,8 @@ pub struct Workload {
     pub node_capacity: usize,
     /// Clients, each with one request at a time.
     pub concurrency: usize,
+    /// Whether a client only reads or only writes, or mixes both.
+    pub clients: Clients,
     /// Cache capacity as a share of the keys.
     pub cache_share: f64,
     /// Run before measuring (not counted).
@@ -95,6 +97,7 @@ impl Default for Workload {
             latency: Duration::from_millis(1),
             node_capacity: 4,
             concurrency: 64,
+            clients: Clients::Split,
             cache_share: 0.2,
             warmup: Duration::from_millis(500),
             measure: Duration::from_secs(3),
@@ -102,6 +105,21 @@ impl Default for Workload {
             out: Some(PathBuf::from("target/playbook")),
         }
     }
+}
+
+/// How clients divide the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clients {
+    /// `read_share` of the clients only read, the others only write:
+    /// page views and form posts are different requests, and a read
+    /// never waits behind a write. The mix a level completes follows
+    /// from what it makes cheap (the report shows reads and writes
+    /// apart).
+    Split,
+    /// Every client draws each request: a read with probability
+    /// `read_share`. The mix stays fixed, so the slowest part of it
+    /// paces everything.
+    Mixed,
 }
 
 /// One level of the playbook.
@@ -329,10 +347,19 @@ struct ClientTally {
     errors: u64,
 }
 
+/// What a client sends.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Reader,
+    Writer,
+    /// Each request a read with this probability, else a write.
+    Mixed(f64),
+}
+
 async fn client(
     store: AnyStore,
     zipf: Arc<Zipf>,
-    reader: bool,
+    role: Role,
     seed: u64,
     value: Value,
     phase: Arc<AtomicU8>,
@@ -344,6 +371,11 @@ async fn client(
             return tally;
         }
         let key = zipf.sample(&mut rng);
+        let reader = match role {
+            Role::Reader => true,
+            Role::Writer => false,
+            Role::Mixed(read_share) => rng.next_f64() < read_share,
+        };
         let started = Instant::now();
         let ok = if reader {
             store.get(&key).await.is_ok()
@@ -408,7 +440,11 @@ async fn measure(
             tokio::spawn(client(
                 Arc::clone(&built.store),
                 Arc::clone(zipf),
-                i < readers,
+                match workload.clients {
+                    Clients::Split if i < readers => Role::Reader,
+                    Clients::Split => Role::Writer,
+                    Clients::Mixed => Role::Mixed(workload.read_share),
+                },
                 0x5EED + i as u64,
                 value.clone(),
                 Arc::clone(&phase),
@@ -481,20 +517,24 @@ async fn measure(
     } else {
         "database"
     };
-    let candidates = [
+    let mut resources = vec![
         (database, primary_use),
         ("replicas (reads)", replica_use),
         ("CPU", cpu_utilisation.unwrap_or(0.0)),
     ];
-    let (name, utilisation) =
-        candidates
-            .iter()
-            .copied()
-            .fold(("", 0.0), |best, c| if c.1 > best.1 { c } else { best });
-    let bottleneck = if utilisation >= 0.8 {
-        format!("{name} {:.0}%", utilisation * 100.0)
+    resources.sort_by(|a, b| b.1.total_cmp(&a.1));
+    // Every resource near full is a bottleneck; with none, the clients
+    // (how many, times how long each request takes) are the limit.
+    let full: Vec<String> = resources
+        .iter()
+        .filter(|(_, used)| *used >= 0.85)
+        .map(|(name, used)| format!("{name} {:.0}%", used * 100.0))
+        .collect();
+    let bottleneck = if full.is_empty() {
+        let (name, used) = resources[0];
+        format!("clients (busiest: {name} {:.0}%)", used * 100.0)
     } else {
-        format!("clients (busiest: {name} {:.0}%)", utilisation * 100.0)
+        full.join(", ")
     };
     Ok(LevelReport {
         level: level.name(),
@@ -670,18 +710,7 @@ pub fn svg(
             .map(|r| r.read_throughput.max(r.write_throughput))
             .fold(10.0, f64::max);
         let mut chart = ChartBuilder::on(&top)
-            .caption(
-                format!(
-                    "{:.0}% readers, {} keys, Zipf {}, {:?} per database call, {} calls at once per node, {} clients",
-                    workload.read_share * 100.0,
-                    workload.keys,
-                    workload.zipf,
-                    workload.latency,
-                    workload.node_capacity,
-                    workload.concurrency
-                ),
-                ("sans-serif", 16),
-            )
+            .caption(describe(workload), ("sans-serif", 16))
             .margin(12)
             .x_label_area_size(30)
             .y_label_area_size(70)
@@ -770,6 +799,26 @@ pub fn svg(
     Ok(out)
 }
 
+/// The workload in one line.
+pub fn describe(w: &Workload) -> String {
+    let clients = match w.clients {
+        Clients::Split => format!(
+            "{} clients ({:.0}% only read, the rest only write)",
+            w.concurrency,
+            w.read_share * 100.0
+        ),
+        Clients::Mixed => format!(
+            "{} clients (each request {:.0}% a read)",
+            w.concurrency,
+            w.read_share * 100.0
+        ),
+    };
+    format!(
+        "{clients}, {} keys, Zipf {}, {} B values, {:?} per database call, {} at once per node",
+        w.keys, w.zipf, w.value_size, w.latency, w.node_capacity
+    )
+}
+
 const HELP: &str = "\
 cargo run --release --example playbook -- [options]
 
@@ -780,6 +829,8 @@ cargo run --release --example playbook -- [options]
   --latency-ms MS      latency of each database call           (1)
   --capacity N         calls each database node serves at once (4)
   --concurrency N      clients                                 (64)
+  --clients KIND       split: readers and writers apart;
+                       mixed: each client mixes both         (split)
   --cache SHARE        cache capacity as a share of the keys   (0.2)
   --seconds S          measured time per level                 (3)
   --warmup S           unmeasured time before each level       (0.5)
@@ -811,6 +862,13 @@ fn parse(args: &[String]) -> Result<Workload, String> {
             }
             "--capacity" => w.node_capacity = number("a count")? as usize,
             "--concurrency" => w.concurrency = number("a count")? as usize,
+            "--clients" => {
+                w.clients = match value.as_str() {
+                    "split" => Clients::Split,
+                    "mixed" => Clients::Mixed,
+                    _ => return Err(format!("--clients is split or mixed, not {value:?}")),
+                }
+            }
             "--cache" => w.cache_share = number("a share from 0 to 1")?,
             "--seconds" => w.measure = Duration::from_secs_f64(number("seconds")?.max(0.0)),
             "--warmup" => w.warmup = Duration::from_secs_f64(number("seconds")?.max(0.0)),
@@ -858,15 +916,8 @@ async fn main() {
         }
     };
     println!(
-        "scalekit playbook lab: {:.0}% readers, {} keys, Zipf {}, {} B values, {:?} per database call, \
-         {} calls at once per node, {} clients, {:?} per level\n",
-        workload.read_share * 100.0,
-        workload.keys,
-        workload.zipf,
-        workload.value_size,
-        workload.latency,
-        workload.node_capacity,
-        workload.concurrency,
+        "scalekit playbook lab: {}, {:?} per level\n",
+        describe(&workload),
         workload.measure
     );
     println!("{}", header());

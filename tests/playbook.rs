@@ -110,3 +110,26 @@ async fn a_bad_workload_is_a_configuration_error() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_clients_keep_the_workloads_mix_at_every_level() {
+    let workload = Workload {
+        clients: playbook::Clients::Mixed,
+        levels: vec![Level::Direct, Level::Cache, Level::Replicas(2)],
+        ..short()
+    };
+    let reports = playbook::run(&workload, |_| {}).await.unwrap();
+    for r in &reports {
+        let requests = r.read_throughput + r.write_throughput;
+        let write_share = r.write_throughput / requests;
+        // Four standard deviations of a binomial share, plus a point.
+        let n = requests * workload.measure.as_secs_f64();
+        let tolerance = 4.0 * (0.09 / n).sqrt() + 0.01;
+        assert!(
+            (write_share - 0.1).abs() < tolerance,
+            "{}: {:.3} of requests were writes over {n:.0} requests",
+            r.level,
+            write_share
+        );
+    }
+}

@@ -158,7 +158,7 @@ impl Report {
                 "on replica",
                 "spills to primary",
                 "token waits",
-                "waited",
+                "mean wait",
                 "writes",
             ],
             self.replicas
@@ -172,7 +172,10 @@ impl Report {
                         on_replica.to_string(),
                         r.spills_to_primary.to_string(),
                         r.token_waits.to_string(),
-                        human(r.token_wait_time),
+                        human(
+                            r.token_wait_time
+                                / u32::try_from(r.token_waits.max(1)).unwrap_or(u32::MAX),
+                        ),
                         r.writes.to_string(),
                     ]
                 })
