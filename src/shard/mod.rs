@@ -58,6 +58,17 @@
 //! shard's lookup (~40 ns), which are nearly all of a single get's cost
 //! when shards are in memory. One call per shard pays off where a call
 //! costs a round trip: a database or a shard over the network.
+//!
+//! # What it buys, what it costs
+//!
+//! Sharding is the level that scales writes: in the playbook lab with
+//! every client mixing 10% writes in, where four replicas could not get
+//! past the saturated primary, 2, 4 and 8 shards (each with its own
+//! primary and replicas) gave 1.6×, 2.6× and 4.2× the throughput of the
+//! four-replica level. What it costs: no transaction spans shards (a
+//! `write_batch` is atomic per shard only), a key's shard is fixed by its
+//! bytes (changing the count needs [`BucketSharded`] and a resharding),
+//! and a query that is not by key must visit every shard.
 
 mod buckets;
 mod directory;
