@@ -67,7 +67,7 @@ fn report_zipf_backend_writes(runtime: &tokio::runtime::Runtime) {
             .max_delay(Duration::from_millis(10))
             .build()
             .unwrap();
-        let keys = Zipf::new(KEYS as usize, 0.99).stream(100_000, 7);
+        let keys = Zipf::new(KEYS, 0.99).stream(100_000, 7);
         for key in &keys {
             layer.put(*key, "value".to_string()).await.unwrap();
         }

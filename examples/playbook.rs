@@ -44,6 +44,8 @@ use scalekit::shard::Sharded;
 use scalekit::testing::FaultyStore;
 use scalekit::{DynStore, MemoryStore, Store, Write};
 
+#[path = "support/options.rs"]
+mod options;
 #[path = "support/workload.rs"]
 mod workload;
 use workload::{Rng, Zipf};
@@ -517,7 +519,7 @@ async fn measure(
     } else {
         "database"
     };
-    let mut resources = vec![
+    let mut resources = [
         (database, primary_use),
         ("replicas (reads)", replica_use),
         ("CPU", cpu_utilisation.unwrap_or(0.0)),
@@ -839,20 +841,13 @@ cargo run --release --example playbook -- [options]
 
 fn parse(args: &[String]) -> Result<Workload, String> {
     let mut w = Workload::default();
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        if flag == "--help" || flag == "-h" {
-            return Err(HELP.into());
-        }
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n\n{HELP}"))?;
+    for (flag, value) in options::pairs(args, HELP)? {
         let number = |what: &str| -> Result<f64, String> {
             value
                 .parse::<f64>()
                 .map_err(|_| format!("{flag} takes {what}, not {value:?}"))
         };
-        match flag.as_str() {
+        match flag {
             "--reads" => w.read_share = number("a share from 0 to 1")?,
             "--keys" => w.keys = number("a count")? as u64,
             "--zipf" => w.zipf = number("an exponent")?,
@@ -863,7 +858,7 @@ fn parse(args: &[String]) -> Result<Workload, String> {
             "--capacity" => w.node_capacity = number("a count")? as usize,
             "--concurrency" => w.concurrency = number("a count")? as usize,
             "--clients" => {
-                w.clients = match value.as_str() {
+                w.clients = match value {
                     "split" => Clients::Split,
                     "mixed" => Clients::Mixed,
                     _ => return Err(format!("--clients is split or mixed, not {value:?}")),

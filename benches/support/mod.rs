@@ -35,55 +35,10 @@ fn finish<F: Future>(mut future: std::pin::Pin<&mut F>) -> F::Output {
     panic!("the future did not complete without waiting");
 }
 
-/// SplitMix64: a small seeded generator.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// Keys `0..n` drawn with probability proportional to `1 / (rank + 1)^s`.
-pub struct Zipf {
-    cdf: Vec<f64>,
-}
-
-impl Zipf {
-    pub fn new(n: usize, s: f64) -> Self {
-        let mut cdf = Vec::with_capacity(n);
-        let mut total = 0.0;
-        for rank in 0..n {
-            total += 1.0 / ((rank + 1) as f64).powf(s);
-            cdf.push(total);
-        }
-        for p in &mut cdf {
-            *p /= total;
-        }
-        Zipf { cdf }
-    }
-
-    pub fn sample(&self, rng: &mut Rng) -> u64 {
-        let u = rng.next_f64();
-        self.cdf.partition_point(|p| *p < u) as u64
-    }
-
-    pub fn stream(&self, len: usize, seed: u64) -> Vec<u64> {
-        let mut rng = Rng(seed);
-        // Scatter ranks over the key space so hot keys are not adjacent.
-        (0..len)
-            .map(|_| self.sample(&mut rng).wrapping_mul(0x9E37_79B9_7F4A_7C15))
-            .collect()
-    }
-}
+#[path = "../../examples/support/workload.rs"]
+mod workload;
+#[allow(unused_imports)] // not every bench draws keys
+pub use workload::{Rng, Zipf};
 
 /// The trace `name` (`OLTP` or `P3`) from `../shared/traces`, expanded to
 /// one key per block access; `None` when the traces are not there.

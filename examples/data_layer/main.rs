@@ -38,6 +38,8 @@ use scalekit::events::EventBus;
 use scalekit::store::{Scan, SqliteStore};
 use scalekit::Store;
 
+#[path = "../support/options.rs"]
+mod options;
 #[path = "../support/workload.rs"]
 mod workload;
 
@@ -107,20 +109,13 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
     config.postgres = env("SCALEKIT_DATA_LAYER_POSTGRES");
     config.redis = env("SCALEKIT_DATA_LAYER_REDIS");
     config.nats = env("SCALEKIT_DATA_LAYER_NATS");
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        if flag == "--help" || flag == "-h" {
-            return Err(HELP.into());
-        }
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n\n{HELP}"))?;
+    for (flag, value) in options::pairs(args, HELP)? {
         let count = || {
             value
                 .parse::<u64>()
                 .map_err(|_| format!("{flag} takes a whole number, not {value:?}"))
         };
-        match flag.as_str() {
+        match flag {
             "--users" => config.users = count()?,
             "--clients" => config.clients = count()? as usize,
             "--seconds" => {
@@ -132,9 +127,9 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
                 }
                 config.duration = Duration::from_secs_f64(seconds);
             }
-            "--postgres" => config.postgres = Some(value.clone()),
-            "--redis" => config.redis = Some(value.clone()),
-            "--nats" => config.nats = Some(value.clone()),
+            "--postgres" => config.postgres = Some(value.to_string()),
+            "--redis" => config.redis = Some(value.to_string()),
+            "--nats" => config.nats = Some(value.to_string()),
             _ => return Err(format!("unknown option {flag}\n\n{HELP}")),
         }
     }
