@@ -3,7 +3,9 @@
 //! - routing a key over a consistent-hash ring (100 points per shard),
 //!   beside the `hashring` crate with the same points;
 //! - `get_many` of 1,000 keys over 8 in-memory shards (one call per
-//!   shard, all at once) beside 1,000 single gets through the router.
+//!   shard, all at once) beside 1,000 single gets through the router;
+//! - the same over 8 SQLite shards (in-memory databases, each served by
+//!   its own threads), where a call costs what a database call costs.
 //!
 //! `cargo bench --bench shard`; compare the ratios within one run.
 
@@ -91,5 +93,46 @@ fn scatter_gather(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, routing, scatter_gather);
+fn scatter_gather_over_sqlite(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = runtime.block_on(async {
+        let mut shards = Vec::new();
+        for _ in 0..SHARDS {
+            shards.push(
+                scalekit::store::SqliteStore::<u64, u64>::builder()
+                    .in_memory()
+                    .build()
+                    .await
+                    .unwrap(),
+            );
+        }
+        let store = Sharded::builder().shards(shards).build().unwrap();
+        store
+            .write_batch((0..100_000u64).map(|k| Write::Put(k, k * 3)).collect())
+            .await
+            .unwrap();
+        store
+    });
+    let keys: Vec<u64> = (0..1_000u64).map(|k| k * 97 % 100_000).collect();
+    let mut group = c.benchmark_group("read_1000_keys_over_8_sqlite_shards");
+    group.sample_size(10);
+    group.bench_function("get_many_scatter_gather", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { black_box(store.get_many(&keys).await.unwrap()) })
+    });
+    group.bench_function("single_gets", |b| {
+        b.to_async(&runtime).iter(|| async {
+            for key in &keys {
+                black_box(store.get(key).await.unwrap());
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, routing, scatter_gather, scatter_gather_over_sqlite);
 criterion_main!(benches);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use scalekit::replica::simulated::{SimulatedPrimary, SimulatedReplica};
 use scalekit::replica::{
-    Balance, Ejection, MaxLag, Positioned, ReplicaSet, ReplicaSetBuilder, Session,
+    Balance, Ejection, MaxLag, Positioned, RecentWrites, ReplicaSet, ReplicaSetBuilder, Session,
 };
 use scalekit::testing::{conformance, FaultyStore};
 use scalekit::{ErrorKind, Position, Store};
@@ -763,4 +763,104 @@ async fn a_simulated_primary_over_sqlite_ships_its_writes_to_in_memory_replicas(
         Some("two".into()),
         "the write is in the file"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn recent_writes_make_only_the_written_keys_wait_for_a_replica() {
+    let primary = Primary::new();
+    primary.put(2, "two".into()).await.unwrap();
+    let set = replicated(
+        &primary,
+        &[("r1", Duration::from_millis(30), Duration::ZERO)],
+    )
+    .await
+    .token_wait(Duration::from_millis(100))
+    .build()
+    .await
+    .unwrap();
+    let users = RecentWrites::new(set.clone());
+    users.put(1, "one".into()).await.unwrap();
+    assert_eq!(users.remembered(), 1);
+    assert_eq!(
+        users.get(&1).await.unwrap(),
+        Some("one".into()),
+        "its own write"
+    );
+    assert_eq!(set.stats().token_waits, 1);
+    assert_eq!(users.get(&2).await.unwrap(), Some("two".into()));
+    assert_eq!(
+        users.get_many(&[2, 3]).await.unwrap(),
+        vec![Some("two".into()), None]
+    );
+    assert_eq!(
+        set.stats().token_waits,
+        1,
+        "other keys read without waiting"
+    );
+    assert_eq!(
+        users.get_many(&[1, 2]).await.unwrap(),
+        vec![Some("one".into()), Some("two".into())],
+        "a batch with a remembered key reads after its position"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_observed_position_holds_back_reads_of_its_key_only() {
+    let primary = Primary::new();
+    let set = replicated(
+        &primary,
+        &[("r1", Duration::from_millis(30), Duration::ZERO)],
+    )
+    .await
+    .token_wait(Duration::from_millis(100))
+    .build()
+    .await
+    .unwrap();
+    let here = RecentWrites::new(set.clone());
+    // Another process writes; this one hears of it through an event.
+    let elsewhere = primary.put(5, "five".into()).await.unwrap();
+    assert_eq!(here.get(&5).await.unwrap(), None, "not heard of yet: stale");
+    here.observe(&5, elsewhere);
+    here.observe(&5, Position::ZERO); // never lowers
+    assert_eq!(here.get(&5).await.unwrap(), Some("five".into()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn remembered_keys_are_forgotten_once_every_replica_has_them() {
+    let primary = Primary::new();
+    let set = replicated(
+        &primary,
+        &[
+            ("r1", Duration::from_millis(5), Duration::ZERO),
+            ("r2", Duration::from_millis(5), Duration::ZERO),
+        ],
+    )
+    .await
+    .poll_interval(Duration::from_millis(10))
+    .build()
+    .await
+    .unwrap();
+    let users = RecentWrites::new(set.clone());
+    users
+        .write_batch(
+            (0..1_000)
+                .map(|k| scalekit::Write::Put(k, k.to_string()))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(users.remembered(), 1_000);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(set.applied_by_every_replica() >= set.primary_position());
+    // The next write past the pruning threshold forgets what every
+    // replica has applied.
+    for k in 1_000..1_030 {
+        users.put(k, k.to_string()).await.unwrap();
+    }
+    assert!(
+        users.remembered() <= 30,
+        "{} keys still remembered",
+        users.remembered()
+    );
+    assert_eq!(users.get(&7).await.unwrap(), Some("7".into()));
 }

@@ -12,11 +12,11 @@
 //! profiles ─ ReadThrough cache (MemoryTier, or RedisTier with --redis)
 //!              └ Sharded by jump hash over 4 shards, each:
 //!                  Publishing (every write becomes a Change event)
-//!                    └ Session (this process's read-your-writes token)
+//!                    └ RecentWrites (reads of keys written lately wait for a replica that has them)
 //!                        └ ReplicaSet: primary = SQLite file (or a PostgreSQL table),
 //!                                      1 simulated replica (in memory, 2 ms behind)
 //! changes  ─ event bus topic (or NATS JetStream with --nats):
-//!              "cache-invalidation" raises the shard's token to the change's position, then drops the key
+//!              "cache-invalidation" remembers the change's position for its key, then drops the key from the cache
 //!              "welcome-email"      an email gateway that refuses some addresses (retried, then dead-lettered)
 //! posts    ─ CommandBus (CreatePost) over a journalled WriteBehind over SQLite (or PostgreSQL)
 //!              └ Projection "timelines" (fan-out to each author's circle) ─ QueryBus (GetTimeline, with tokens)

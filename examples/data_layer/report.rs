@@ -33,6 +33,8 @@ pub struct Report {
     pub dead_letters_replayed: Option<u64>,
     /// The timeline projection's position when the clients stopped, and the log's.
     pub projection_at_stop: (Position, Position),
+    /// How far the projection was behind the log while the clients ran.
+    pub projection_lag: LagSamples,
     /// Posts accepted, and posts found in the database after the flush.
     pub posts: (u64, u64),
     /// Users whose cached profile differs from the primary's.
@@ -227,23 +229,46 @@ impl Report {
         );
 
         let (at, log) = self.projection_at_stop;
-        println!("\nCQRS timeline projection");
+        println!("\nCQRS timeline projection (lag in events behind the log, sampled every 10 ms)");
         table(
             &[
                 "log position",
-                "projection at stop",
+                "mean lag",
+                "max lag",
                 "lag at stop",
                 "posts accepted",
                 "posts in database",
             ],
             vec![vec![
                 log.to_string(),
-                at.to_string(),
+                format!("{:.1}", self.projection_lag.mean()),
+                self.projection_lag.max.to_string(),
                 log.get().saturating_sub(at.get()).to_string(),
                 self.posts.0.to_string(),
                 self.posts.1.to_string(),
             ]],
         );
+    }
+}
+
+/// Samples of the projection's lag.
+#[derive(Debug, Default, Clone)]
+pub struct LagSamples {
+    /// The largest lag seen.
+    pub max: u64,
+    sum: u64,
+    samples: u64,
+}
+
+impl LagSamples {
+    pub fn record(&mut self, lag: u64) {
+        self.max = self.max.max(lag);
+        self.sum += lag;
+        self.samples += 1;
+    }
+
+    pub fn mean(&self) -> f64 {
+        self.sum as f64 / self.samples.max(1) as f64
     }
 }
 

@@ -11,7 +11,7 @@ use scalekit::codec::Codec;
 use scalekit::cqrs::{CommandBus, EventSource, Projection, QueryBus, Recorded};
 use scalekit::events::{Event, Publishing};
 use scalekit::replica::simulated::{SimulatedPrimary, SimulatedReplica};
-use scalekit::replica::{ReplicaSet, Session};
+use scalekit::replica::{RecentWrites, ReplicaSet};
 use scalekit::shard::{Jump, Sharded};
 use scalekit::store::Scan;
 use scalekit::{Store, Write};
@@ -21,13 +21,13 @@ use super::feed::{Feed, UserChange};
 use super::model::{
     circle, user, PostCreated, PostHandler, TimelineHandler, Timelines, User, TIMELINE_LENGTH,
 };
-use super::report::Report;
+use super::report::{LagSamples, Report};
 use super::workload::Zipf;
 use super::Config;
 
 pub type Primary<P> = SimulatedPrimary<u64, User, P>;
 pub type Replica = SimulatedReplica<u64, User>;
-pub type Shard<P> = Publishing<Session<Primary<P>, Replica>, Feed>;
+pub type Shard<P> = Publishing<RecentWrites<Primary<P>, Replica>, Feed>;
 pub type Users<P> = Sharded<Shard<P>>;
 pub type Posts<Q> = Arc<WriteBehind<Arc<Q>>>;
 pub type Commands<Q> = CommandBus<Posts<Q>, PostCreated>;
@@ -45,7 +45,8 @@ pub struct Databases<P, Q> {
 }
 
 /// One process's view of the users: a replica set per shard (its own
-/// routing and read-your-writes tokens) over the shared databases.
+/// routing, and the positions of the keys it wrote lately, so that reads
+/// of those keys see the writes) over the shared databases.
 pub async fn users_stack<P>(
     primaries: &[Primary<P>],
     replicas: &[Replica],
@@ -64,7 +65,7 @@ where
             .build()
             .await?;
         sets.push(set.clone());
-        shards.push(Publishing::new(Session::new(set), feed.clone()));
+        shards.push(Publishing::new(RecentWrites::new(set), feed.clone()));
     }
     let users = Sharded::builder()
         .shards(shards)
@@ -121,8 +122,11 @@ where
                 let change = event.payload();
                 let sharded = users.get_ref();
                 let shard = sharded.shard_of(&change.key)?;
-                // Loads from now on wait for a replica that has the change.
-                sharded.shards()[shard].get_ref().observe(change.position);
+                // Loads of the key from now on wait for a replica that has
+                // the change.
+                sharded.shards()[shard]
+                    .get_ref()
+                    .observe(&change.key, change.position);
                 users.invalidate(&change.key).await;
                 Ok(())
             }
@@ -214,11 +218,20 @@ where
             ))
         })
         .collect();
+    // While the clients run: the progress bar, and how far the timelines
+    // projection is behind the log (in events), sampled every 10 ms.
     let show = config.progress && std::io::stderr().is_terminal();
-    while show && Instant::now() < deadline {
-        eprint!("{}", progress_bar(&app.requests, started, config.duration));
-        let _ = std::io::stderr().flush();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut lag = LagSamples::default();
+    let mut shown = Instant::now();
+    while Instant::now() < deadline {
+        let log = commands.position().await?;
+        lag.record(log.get().saturating_sub(timelines.position().get()));
+        if show && shown.elapsed() >= Duration::from_millis(100) {
+            eprint!("{}", progress_bar(&app.requests, started, config.duration));
+            let _ = std::io::stderr().flush();
+            shown = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut tallies: [Tally; 5] = Default::default();
     let mut violations = 0;
@@ -330,6 +343,7 @@ where
         groups,
         dead_letters_replayed,
         projection_at_stop,
+        projection_lag: lag,
         posts: (accepted, in_database),
         cache_mismatches,
         read_your_writes_violations: violations,

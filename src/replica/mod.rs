@@ -12,6 +12,7 @@
 //! | a failing replica out of rotation, and back later | [`Ejection`]: after N consecutive failures, for a time that doubles per repeat, never more than a share of the replicas at once; position polls double as health checks |
 //! | no reads from a replica that is too far behind | [`MaxLag`] by positions or time, with hysteresis |
 //! | a user to read what they just wrote | the position a write returns is a token: [`ReplicaSet::get_after`]; or a [`Session`] per user or request, which tracks it for you |
+//! | reads of the keys this process wrote lately to see those writes, without every other read waiting (under a cache, say) | [`RecentWrites`]: remembers each written key's position until every replica has it |
 //! | read-your-writes across processes (a token in a cookie or a job) | [`Position`](crate::Position) prints and parses as a number: [`Session::resume`] with it |
 //! | the primary protected when replicas fail or lag | the spill budget ([`spill_budget`](ReplicaSetBuilder::spill_budget)): beyond it a read is a typed error, not a primary overload |
 //! | replicas to test against without servers | [`simulated`]: a primary and replicas in memory with a delay you set |
@@ -82,6 +83,7 @@ mod health;
 mod lag;
 mod load;
 mod positioned;
+mod recent;
 mod session;
 mod set;
 pub mod simulated;
@@ -90,6 +92,7 @@ mod stats;
 pub use self::health::Ejection;
 pub use self::lag::MaxLag;
 pub use self::positioned::Positioned;
+pub use self::recent::RecentWrites;
 pub use self::session::Session;
 pub use self::set::{Balance, ReplicaSet, ReplicaSetBuilder, MAX_REPLICAS};
 pub use self::stats::{ReplicaSetStats, ReplicaStats};

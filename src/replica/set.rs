@@ -610,6 +610,20 @@ where
         Position::new(self.inner.primary_position.load(Ordering::Relaxed))
     }
 
+    /// The position every replica had applied when last asked (by the
+    /// poller or a token read): a token at or below it needs no waiting on
+    /// any replica.
+    pub fn applied_by_every_replica(&self) -> Position {
+        Position::new(
+            self.inner
+                .replicas
+                .iter()
+                .map(|r| r.lag.applied())
+                .min()
+                .unwrap_or(0),
+        )
+    }
+
     /// Asks the primary and the replicas for their positions now, instead
     /// of waiting for the next poll.
     pub async fn refresh(&self) {

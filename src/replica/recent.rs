@@ -1,0 +1,169 @@
+//! Read-your-writes per key: only the keys written lately wait for a
+//! replica that has them.
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+
+use super::positioned::Positioned;
+use super::set::ReplicaSet;
+use crate::store::{Store, Write};
+use crate::{Position, Result};
+
+/// The fewest remembered keys at which pruning starts.
+const PRUNE_FLOOR: usize = 1_024;
+
+/// A view of a [`ReplicaSet`] that remembers the position of the last
+/// write of each key written through it (or [`observe`](Self::observe)d,
+/// from another process's change event say), and reads such a key only
+/// from a replica that has applied that position; every other key reads
+/// as a plain read. It is itself a [`Store`].
+///
+/// Use it where one [`Session`](super::Session) for a whole process
+/// would make every read wait behind the process's latest write: under a
+/// cache, whose loads must not fill the cache from a replica older than a
+/// write the cache has seen (see the `data_layer` example), or for a
+/// service whose requests each touch their own keys. A remembered key is
+/// forgotten once every replica has applied its position, so the memory
+/// it takes follows the replicas' lag, not the number of keys.
+///
+/// ```
+/// use std::time::Duration;
+/// use scalekit::replica::simulated::SimulatedPrimary;
+/// use scalekit::replica::{RecentWrites, ReplicaSet};
+/// use scalekit::Store;
+///
+/// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+/// let primary = SimulatedPrimary::<u64, String>::new();
+/// primary.put(2, "old".into()).await?;
+/// let replica = primary.replica(Duration::from_millis(50)).await?;
+/// let set = ReplicaSet::builder().primary(primary).replica("r1", replica).build().await?;
+/// let users = RecentWrites::new(set.clone());
+///
+/// users.put(1, "ada".into()).await?;
+/// assert_eq!(users.get(&1).await?, Some("ada".into())); // waited for it (or read the primary)
+/// assert_eq!(users.get(&2).await?, Some("old".into())); // a plain read: no wait
+/// assert_eq!(set.stats().token_waits, 1);
+/// # Ok::<(), scalekit::Error>(()) }).unwrap();
+/// ```
+pub struct RecentWrites<P: Positioned, R = P> {
+    set: ReplicaSet<P, R>,
+    recent: DashMap<P::Key, u64, foldhash::fast::RandomState>,
+    /// Prune when more keys than this are remembered.
+    prune_at: AtomicUsize,
+}
+
+impl<P: Positioned, R> fmt::Debug for RecentWrites<P, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecentWrites")
+            .field("remembered", &self.recent.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P, R> RecentWrites<P, R>
+where
+    P: Positioned,
+    R: Positioned<Key = P::Key, Value = P::Value>,
+{
+    /// Remembers the writes made through it from now on.
+    pub fn new(set: ReplicaSet<P, R>) -> Self {
+        RecentWrites {
+            set,
+            recent: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            prune_at: AtomicUsize::new(PRUNE_FLOOR),
+        }
+    }
+
+    /// Reads of `key` from now on see at least `position` (a write made
+    /// elsewhere, heard of through a change event, say). Never lowers what
+    /// is remembered.
+    pub fn observe(&self, key: &P::Key, position: Position) {
+        self.remember(key, position.get());
+    }
+
+    /// How many keys are remembered now.
+    pub fn remembered(&self) -> usize {
+        self.recent.len()
+    }
+
+    /// The replica set.
+    pub fn get_ref(&self) -> &ReplicaSet<P, R> {
+        &self.set
+    }
+
+    fn remember(&self, key: &P::Key, position: u64) {
+        self.recent
+            .entry(key.clone())
+            .and_modify(|known| *known = (*known).max(position))
+            .or_insert(position);
+        if self.recent.len() > self.prune_at.load(Ordering::Relaxed) {
+            self.prune();
+        }
+    }
+
+    /// Forgets the keys every replica has caught up with.
+    fn prune(&self) {
+        let everywhere = self.set.applied_by_every_replica().get();
+        self.recent.retain(|_, position| *position > everywhere);
+        self.prune_at
+            .store((self.recent.len() * 2).max(PRUNE_FLOOR), Ordering::Relaxed);
+    }
+
+    fn token(&self, key: &P::Key) -> Option<Position> {
+        self.recent
+            .get(key)
+            .map(|position| Position::new(*position))
+    }
+
+    fn wrote(&self, keys: &[&P::Key], position: Result<Position>) -> Result<Position> {
+        if let Ok(position) = position {
+            for key in keys {
+                self.remember(key, position.get());
+            }
+        }
+        position
+    }
+}
+
+impl<P, R> Store for RecentWrites<P, R>
+where
+    P: Positioned,
+    R: Positioned<Key = P::Key, Value = P::Value>,
+{
+    type Key = P::Key;
+    type Value = P::Value;
+
+    async fn get(&self, key: &P::Key) -> Result<Option<P::Value>> {
+        match self.token(key) {
+            Some(token) => self.set.get_after(key, token).await,
+            None => self.set.get(key).await,
+        }
+    }
+
+    /// One read for all the keys, after the latest position remembered
+    /// for any of them.
+    async fn get_many(&self, keys: &[P::Key]) -> Result<Vec<Option<P::Value>>> {
+        match keys.iter().filter_map(|key| self.token(key)).max() {
+            Some(token) => self.set.get_many_after(keys, token).await,
+            None => self.set.get_many(keys).await,
+        }
+    }
+
+    async fn put(&self, key: P::Key, value: P::Value) -> Result<Position> {
+        let written = self.set.put(key.clone(), value).await;
+        self.wrote(&[&key], written)
+    }
+
+    async fn delete(&self, key: &P::Key) -> Result<Position> {
+        let written = self.set.delete(key).await;
+        self.wrote(&[key], written)
+    }
+
+    async fn write_batch(&self, batch: Vec<Write<P::Key, P::Value>>) -> Result<Position> {
+        let keys: Vec<P::Key> = batch.iter().map(|w| w.key().clone()).collect();
+        let written = self.set.write_batch(batch).await;
+        self.wrote(&keys.iter().collect::<Vec<_>>(), written)
+    }
+}
