@@ -27,9 +27,9 @@
 //!
 //! Reads and writes part ways: a query reads a read model that lags the
 //! log (in the `data_layer` example the timelines projection, fanning
-//! each of about 3,700 posts a second out to ten timelines, had caught up
-//! with the log when the clients stopped), so a reader that must see its
-//! own command passes the token and may wait. Commands
+//! each of about 6,600 posts a second out to ten timelines, was 4 events
+//! behind on average and 100 at most, sampled every 10 ms), so a reader
+//! that must see its own command passes the token and may wait. Commands
 //! of one bus are serialised. In exchange, read models take the shape
 //! each query needs, can be rebuilt from the log, and scale apart from
 //! the write model.

@@ -74,8 +74,11 @@
 //! (1 → 2 replicas 1.72×, 2 → 4 replicas 1.00×): replicas scale reads,
 //! not writes. Read-your-writes has a price too: in the `data_layer`
 //! example, where a cache miss must not fill the cache from a replica
-//! behind the process's own writes, a miss on a just-written shard waits
-//! about 3 ms for its replica (2 ms behind) to catch up.
+//! behind a write the cache has seen, [`RecentWrites`] makes a miss on a
+//! key written lately wait for its replica (2 ms behind): about one
+//! replica read in five, 4 ms each. One process-wide [`Session`] there
+//! made four reads in five wait, and the whole program ran at 55% of the
+//! throughput.
 
 mod budget;
 mod clock;
