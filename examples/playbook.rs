@@ -10,8 +10,10 @@
 //! node (the primary, each replica, each shard's primary) answers after a
 //! latency and serves at most `node_capacity` calls at once, like a server
 //! with that many connections (`FaultyStore` with a latency and a
-//! capacity, over memory; replicas are fed by a replication log). The
-//! levels are cumulative:
+//! capacity, over memory; replicas are fed by a replication log, which
+//! is not counted as calls and takes no capacity: real replicas pay for
+//! replaying writes, so read capacity per replica is optimistic here for
+//! write-heavy workloads). The levels are cumulative:
 //!
 //! | level | stack |
 //! |---|---|
