@@ -588,6 +588,13 @@ fn validate(w: &Workload) -> scalekit::Result<()> {
     if w.keys == 0 || w.concurrency == 0 || w.node_capacity == 0 {
         return bad("--keys, --concurrency and --capacity must be at least 1".into());
     }
+    // Every level holds every key (and replicas copies): keep it in memory.
+    if w.keys > 50_000_000 || w.value_size > 1 << 20 || w.concurrency > 100_000 {
+        return bad(
+            "the lab holds at most 50,000,000 keys of at most 1 MiB, with at most 100,000 clients"
+                .into(),
+        );
+    }
     if !(w.zipf >= 0.0 && w.zipf.is_finite()) {
         return bad(format!("--zipf is 0 or more, not {}", w.zipf));
     }
@@ -841,7 +848,9 @@ cargo run --release --example playbook -- [options]
   --out DIR            where playbook.csv and playbook.svg go  (target/playbook)
 ";
 
-fn parse(args: &[String]) -> Result<Workload, String> {
+/// The workload the command line asks for; `Err` with a message (or the
+/// help) for anything else.
+pub fn parse(args: &[String]) -> Result<Workload, String> {
     let mut w = Workload::default();
     for (flag, value) in options::pairs(args, HELP)? {
         let number = |what: &str| -> Result<f64, String> {
@@ -849,14 +858,16 @@ fn parse(args: &[String]) -> Result<Workload, String> {
                 .parse::<f64>()
                 .map_err(|_| format!("{flag} takes {what}, not {value:?}"))
         };
+        let seconds = |scale: f64| -> Result<Duration, String> {
+            Duration::try_from_secs_f64(number("a time")? / scale)
+                .map_err(|_| format!("{flag} takes a time from 0 up, not {value:?}"))
+        };
         match flag {
             "--reads" => w.read_share = number("a share from 0 to 1")?,
             "--keys" => w.keys = number("a count")? as u64,
             "--zipf" => w.zipf = number("an exponent")?,
             "--value-size" => w.value_size = number("a size in bytes")? as usize,
-            "--latency-ms" => {
-                w.latency = Duration::from_secs_f64(number("milliseconds")?.max(0.0) / 1e3)
-            }
+            "--latency-ms" => w.latency = seconds(1e3)?,
             "--capacity" => w.node_capacity = number("a count")? as usize,
             "--concurrency" => w.concurrency = number("a count")? as usize,
             "--clients" => {
@@ -867,8 +878,8 @@ fn parse(args: &[String]) -> Result<Workload, String> {
                 }
             }
             "--cache" => w.cache_share = number("a share from 0 to 1")?,
-            "--seconds" => w.measure = Duration::from_secs_f64(number("seconds")?.max(0.0)),
-            "--warmup" => w.warmup = Duration::from_secs_f64(number("seconds")?.max(0.0)),
+            "--seconds" => w.measure = seconds(1.0)?,
+            "--warmup" => w.warmup = seconds(1.0)?,
             "--out" => w.out = Some(PathBuf::from(value)),
             _ => return Err(format!("unknown option {flag}\n\n{HELP}")),
         }

@@ -119,6 +119,12 @@ fn bad_options_are_refused_with_a_message() {
         .unwrap_err()
         .contains("whole number"));
     assert!(parse(&["--seconds", "-1"]).is_err());
+    assert!(
+        parse(&["--seconds", "1e300"]).is_err(),
+        "too long is refused, not a panic"
+    );
+    assert!(parse(&["--seconds", "NaN"]).is_err());
+    assert!(parse(&["--users", "100000000000"]).is_err());
     assert!(parse(&["--users", "20", "--clients", "11"]).is_err());
     assert!(parse(&["--bogus", "1"])
         .unwrap_err()

@@ -133,3 +133,44 @@ async fn mixed_clients_keep_the_workloads_mix_at_every_level() {
         );
     }
 }
+
+#[test]
+fn bad_options_are_refused_with_a_message_not_a_panic() {
+    let parse =
+        |args: &[&str]| playbook::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    assert!(parse(&[]).is_ok());
+    assert!(parse(&["--clients", "mixed"]).is_ok());
+    for bad in [
+        &["--seconds", "inf"][..],
+        &["--seconds", "-1"],
+        &["--latency-ms", "NaN"],
+        &["--warmup", "1e300"],
+        &["--keys", "many"],
+        &["--clients", "both"],
+        &["--bogus", "1"],
+        &["--reads"],
+    ] {
+        assert!(parse(bad).is_err(), "{bad:?} was accepted");
+    }
+    assert!(parse(&["--help"]).unwrap_err().contains("--concurrency"));
+}
+
+#[tokio::test]
+async fn a_workload_too_large_for_memory_is_refused_before_it_starts() {
+    for workload in [
+        Workload {
+            keys: 1 << 40,
+            ..short()
+        },
+        Workload {
+            value_size: 1 << 40,
+            ..short()
+        },
+    ] {
+        let err = playbook::run(&workload, |_| {}).await.unwrap_err();
+        assert!(
+            matches!(err.kind(), scalekit::ErrorKind::Config { .. }),
+            "{err}"
+        );
+    }
+}

@@ -122,10 +122,10 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
                 let seconds: f64 = value
                     .parse()
                     .map_err(|_| format!("--seconds takes seconds, not {value:?}"))?;
-                if !(seconds > 0.0 && seconds.is_finite()) {
-                    return Err(format!("--seconds must be more than 0, not {value}"));
-                }
-                config.duration = Duration::from_secs_f64(seconds);
+                config.duration = Duration::try_from_secs_f64(seconds)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| format!("--seconds must be more than 0, not {value}"))?;
             }
             "--postgres" => config.postgres = Some(value.to_string()),
             "--redis" => config.redis = Some(value.to_string()),
@@ -137,6 +137,9 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
         return Err(
             "--users must be at least 10 and twice --clients, and --clients at least 1".into(),
         );
+    }
+    if config.users > 10_000_000 {
+        return Err("--users is at most 10,000,000 (the replicas are in memory)".into());
     }
     Ok(config)
 }
