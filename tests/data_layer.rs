@@ -98,6 +98,11 @@ async fn the_main_job_runs_over_postgresql_redis_and_nats() {
             "SCALEKIT_POSTGRES_URL",
             "postgres://postgres@127.0.0.1:5432/test",
         )),
+        // The streaming standby `.ci/run` makes: real replication.
+        postgres_standby: Some(env(
+            "SCALEKIT_POSTGRES_STANDBY_URL",
+            "postgres://postgres@127.0.0.1:5433/test",
+        )),
         redis: Some(env("SCALEKIT_REDIS_URL", "redis://127.0.0.1:6379")),
         nats: Some(env("SCALEKIT_NATS_URL", "nats://127.0.0.1:4222")),
         ..short()
@@ -106,6 +111,7 @@ async fn the_main_job_runs_over_postgresql_redis_and_nats() {
     let report = data_layer::run(&config, dir.path()).await.unwrap();
     check(&report);
     assert!(report.databases.contains("PostgreSQL"));
+    assert!(report.databases.contains("standby"));
     assert!(report.databases.contains("Redis"));
     assert!(report.databases.contains("NATS"));
 }
@@ -130,6 +136,20 @@ fn bad_options_are_refused_with_a_message() {
         .unwrap_err()
         .contains("unknown option"));
     assert!(parse(&["--users"]).unwrap_err().contains("needs a value"));
+}
+
+#[tokio::test]
+async fn a_standby_without_its_primary_is_a_configuration_error() {
+    let config = Config {
+        postgres_standby: Some("postgres://127.0.0.1:5433/test".into()),
+        ..short()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let err = data_layer::run(&config, dir.path()).await.unwrap_err();
+    assert!(
+        matches!(err.kind(), scalekit::ErrorKind::Config { .. }),
+        "{err}"
+    );
 }
 
 #[cfg(not(feature = "postgres"))]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use scalekit::cache::{CacheTier, Cached, ReadThrough};
 use scalekit::cqrs::{CommandError, Projection, QueryBus, QueryError};
-use scalekit::store::Scan;
+use scalekit::replica::Positioned;
 use scalekit::{Position, Store};
 
 use super::model::{user, CreatePost, GetTimeline, PostCreated, Timelines, User, TIMELINE_LENGTH};
@@ -71,9 +71,14 @@ pub struct ClientReport {
 }
 
 /// Everything the workload's clients share.
-pub struct App<P: Store<Key = u64, Value = User>, Q: Store<Key = String, Value = Vec<u8>>, T> {
-    pub users: ReadThrough<Users<P>, T>,
-    pub admin: Users<P>,
+pub struct App<P, R, Q, T>
+where
+    P: Positioned<Key = u64, Value = User>,
+    R: Positioned<Key = u64, Value = User>,
+    Q: Store<Key = String, Value = Vec<u8>>,
+{
+    pub users: ReadThrough<Users<P, R>, T>,
+    pub admin: Users<P, R>,
     pub commands: Commands<Q>,
     pub queries: QueryBus<Projection<Timelines, PostCreated>>,
     pub zipf: Zipf,
@@ -82,14 +87,15 @@ pub struct App<P: Store<Key = u64, Value = User>, Q: Store<Key = String, Value =
     pub requests: AtomicU64,
 }
 
-pub async fn client<P, Q, T>(
-    app: Arc<App<P, Q, T>>,
+pub async fn client<P, R, Q, T>(
+    app: Arc<App<P, R, Q, T>>,
     seed: u64,
     clients: u64,
     deadline: Instant,
 ) -> ClientReport
 where
-    P: Store<Key = u64, Value = User> + Scan,
+    P: Positioned<Key = u64, Value = User>,
+    R: Positioned<Key = u64, Value = User>,
     Q: Store<Key = String, Value = Vec<u8>>,
     T: CacheTier<Key = u64, Value = Cached<User>>,
 {

@@ -35,7 +35,8 @@ use std::time::Duration;
 
 use scalekit::cache::MemoryTier;
 use scalekit::events::EventBus;
-use scalekit::store::{Scan, SqliteStore};
+use scalekit::replica::Positioned;
+use scalekit::store::SqliteStore;
 use scalekit::Store;
 
 #[path = "../support/options.rs"]
@@ -72,6 +73,9 @@ pub struct Config {
     pub progress: bool,
     /// PostgreSQL URL: shards and posts in PostgreSQL tables instead of SQLite files.
     pub postgres: Option<String>,
+    /// The URL of a streaming standby of that PostgreSQL: read from it
+    /// instead of from simulated replicas.
+    pub postgres_standby: Option<String>,
     /// Redis URL: the profile cache in Redis instead of this process's memory.
     pub redis: Option<String>,
     /// NATS URL: change events through JetStream instead of the in-process bus.
@@ -86,6 +90,7 @@ impl Default for Config {
             duration: Duration::from_secs(4),
             progress: true,
             postgres: None,
+            postgres_standby: None,
             redis: None,
             nats: None,
         }
@@ -99,6 +104,8 @@ cargo run --release --example data_layer -- [options]
   --clients N        concurrent clients                          (32)
   --seconds S        how long the workload runs                  (4)
   --postgres URL     shards and posts in PostgreSQL   (or SCALEKIT_DATA_LAYER_POSTGRES; feature postgres)
+  --postgres-standby URL
+                     read from its streaming standby  (or SCALEKIT_DATA_LAYER_POSTGRES_STANDBY)
   --redis URL        the profile cache in Redis       (or SCALEKIT_DATA_LAYER_REDIS; feature redis)
   --nats URL         change events through JetStream  (or SCALEKIT_DATA_LAYER_NATS; feature nats)
 ";
@@ -107,6 +114,7 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
     let mut config = Config::default();
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     config.postgres = env("SCALEKIT_DATA_LAYER_POSTGRES");
+    config.postgres_standby = env("SCALEKIT_DATA_LAYER_POSTGRES_STANDBY");
     config.redis = env("SCALEKIT_DATA_LAYER_REDIS");
     config.nats = env("SCALEKIT_DATA_LAYER_NATS");
     for (flag, value) in options::pairs(args, HELP)? {
@@ -128,6 +136,7 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
                     .ok_or_else(|| format!("--seconds must be more than 0, not {value}"))?;
             }
             "--postgres" => config.postgres = Some(value.to_string()),
+            "--postgres-standby" => config.postgres_standby = Some(value.to_string()),
             "--redis" => config.redis = Some(value.to_string()),
             "--nats" => config.nats = Some(value.to_string()),
             _ => return Err(format!("unknown option {flag}\n\n{HELP}")),
@@ -148,11 +157,11 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
 pub async fn run(config: &Config, dir: &std::path::Path) -> scalekit::Result<Report> {
     let feed = open_feed(config).await?;
     let journal = dir.join("posts.journal");
-    match &config.postgres {
-        None => {
-            let mut primaries = Vec::new();
+    match (&config.postgres, &config.postgres_standby) {
+        (None, None) => {
+            let mut stores = Vec::new();
             for shard in 0..4 {
-                primaries.push(
+                stores.push(
                     SqliteStore::<u64, User>::builder()
                         .path(dir.join(format!("users-{shard}.db")))
                         .table("users")
@@ -167,31 +176,91 @@ pub async fn run(config: &Config, dir: &std::path::Path) -> scalekit::Result<Rep
                     .await?,
             );
             let databases = Databases {
-                primaries,
+                shards: stack::simulated(stores, config.users).await?,
                 posts,
                 journal,
-                description: format!("4 SQLite files and a posts file in {}", dir.display()),
+                description: format!(
+                    "4 SQLite files, each with a simulated replica, and a posts file in {}",
+                    dir.display()
+                ),
             };
             with_tier(config, databases, feed).await
         }
         #[cfg(feature = "postgres")]
-        Some(url) => {
+        (Some(url), standby) => {
             let mut primaries = Vec::new();
             for shard in 0..4 {
                 primaries.push(fresh_table(url, &format!("data_layer_users_{shard}")).await?);
             }
             let posts = Arc::new(fresh_table::<String, Vec<u8>>(url, "data_layer_posts").await?);
-            let databases = Databases {
-                primaries,
-                posts,
-                journal,
-                description: format!("4 PostgreSQL tables and a posts table at {url}"),
-            };
-            with_tier(config, databases, feed).await
+            match standby {
+                None => {
+                    let databases = Databases {
+                        shards: stack::simulated(primaries, config.users).await?,
+                        posts,
+                        journal,
+                        description: format!(
+                            "4 PostgreSQL tables at {url}, each with a simulated replica, and a posts table"
+                        ),
+                    };
+                    with_tier(config, databases, feed).await
+                }
+                Some(standby) => {
+                    let primaries: Vec<_> = primaries.into_iter().map(Arc::new).collect();
+                    stack::seed(&primaries, config.users).await?;
+                    let mut shards = Vec::new();
+                    for (shard, primary) in primaries.into_iter().enumerate() {
+                        let replica = standby_table(standby, &primary, shard).await?;
+                        shards.push((primary, Arc::new(replica)));
+                    }
+                    let databases = Databases {
+                        shards,
+                        posts,
+                        journal,
+                        description: format!(
+                            "4 PostgreSQL tables at {url}, read from its streaming standby at {standby}, and a posts table"
+                        ),
+                    };
+                    with_tier(config, databases, feed).await
+                }
+            }
         }
         #[cfg(not(feature = "postgres"))]
-        Some(_) => Err(needs("postgres")),
+        (Some(_), _) => Err(needs("postgres")),
+        (None, Some(_)) => Err(scalekit::Error::config(
+            "data_layer",
+            "a standby needs its primary: give --postgres too",
+        )),
     }
+}
+
+/// The standby's copy of a shard's table, once the standby has replayed
+/// the primary's writes so far (it has the table and the users then).
+#[cfg(feature = "postgres")]
+async fn standby_table(
+    url: &str,
+    primary: &scalekit::store::PostgresStore<u64, User>,
+    shard: usize,
+) -> scalekit::Result<scalekit::store::PostgresStore<u64, User>> {
+    use scalekit::replica::Positioned;
+    let replica = scalekit::store::PostgresStore::<u64, User>::builder()
+        .url(url)
+        .table(format!("data_layer_users_{shard}"))
+        .create_table(false)
+        .build()
+        .await?;
+    let target = primary.applied_position().await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while replica.applied_position().await? < target {
+        if tokio::time::Instant::now() > deadline {
+            return Err(scalekit::Error::unavailable(
+                "data_layer",
+                "the standby did not catch up with the primary in 10 s",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(replica)
 }
 
 #[cfg_attr(
@@ -245,13 +314,14 @@ async fn open_feed(config: &Config) -> scalekit::Result<Feed> {
     }
 }
 
-async fn with_tier<P, Q>(
+async fn with_tier<P, R, Q>(
     config: &Config,
-    databases: Databases<P, Q>,
+    databases: Databases<P, R, Q>,
     feed: Feed,
 ) -> scalekit::Result<Report>
 where
-    P: Store<Key = u64, Value = User> + Scan,
+    P: Positioned<Key = u64, Value = User> + Clone,
+    R: Positioned<Key = u64, Value = User> + Clone,
     Q: Store<Key = String, Value = Vec<u8>>,
 {
     match &config.redis {

@@ -11,7 +11,7 @@ use scalekit::codec::Codec;
 use scalekit::cqrs::{CommandBus, EventSource, Projection, QueryBus, Recorded};
 use scalekit::events::{Event, Publishing};
 use scalekit::replica::simulated::{SimulatedPrimary, SimulatedReplica};
-use scalekit::replica::{RecentWrites, ReplicaSet};
+use scalekit::replica::{Positioned, RecentWrites, ReplicaSet};
 use scalekit::shard::{Jump, Sharded};
 use scalekit::store::Scan;
 use scalekit::{Store, Write};
@@ -27,15 +27,15 @@ use super::Config;
 
 pub type Primary<P> = SimulatedPrimary<u64, User, P>;
 pub type Replica = SimulatedReplica<u64, User>;
-pub type Shard<P> = Publishing<RecentWrites<Primary<P>, Replica>, Feed>;
-pub type Users<P> = Sharded<Shard<P>>;
+pub type Shard<P, R> = Publishing<RecentWrites<P, R>, Feed>;
+pub type Users<P, R> = Sharded<Shard<P, R>>;
 pub type Posts<Q> = Arc<WriteBehind<Arc<Q>>>;
 pub type Commands<Q> = CommandBus<Posts<Q>, PostCreated>;
 
 /// The databases the layers sit on.
-pub struct Databases<P, Q> {
-    /// One primary per shard.
-    pub primaries: Vec<P>,
+pub struct Databases<P, R, Q> {
+    /// Per shard: its primary and its replica, the users already in.
+    pub shards: Vec<(P, R)>,
     /// The posts table (the write model and its event log).
     pub posts: Arc<Q>,
     /// Where the write-behind journal lives.
@@ -44,20 +44,55 @@ pub struct Databases<P, Q> {
     pub description: String,
 }
 
-/// One process's view of the users: a replica set per shard (its own
-/// routing, and the positions of the keys it wrote lately, so that reads
-/// of those keys see the writes) over the shared databases.
-pub async fn users_stack<P>(
-    primaries: &[Primary<P>],
-    replicas: &[Replica],
-    feed: &Feed,
-) -> scalekit::Result<(Users<P>, Vec<ReplicaSet<Primary<P>, Replica>>)>
+/// The users table as it was before this run, written to the primaries
+/// by the same routing the stack uses.
+pub async fn seed<P>(primaries: &[P], users: u64) -> scalekit::Result<()>
+where
+    P: Store<Key = u64, Value = User> + Clone,
+{
+    let rows: Vec<Write<u64, User>> = (0..users).map(|id| Write::Put(id, user(id, 0))).collect();
+    Sharded::builder()
+        .shards(primaries.to_vec())
+        .strategy(Jump::new(primaries.len())?)
+        .build()?
+        .write_batch(rows)
+        .await?;
+    Ok(())
+}
+
+/// Each store a primary with a simulated replica, 2 ms behind it, that
+/// starts from a copy of the seeded table.
+pub async fn simulated<P>(
+    stores: Vec<P>,
+    users: u64,
+) -> scalekit::Result<Vec<(Primary<P>, Replica)>>
 where
     P: Store<Key = u64, Value = User> + Scan,
 {
+    let primaries: Vec<Primary<P>> = stores.into_iter().map(SimulatedPrimary::over).collect();
+    seed(&primaries, users).await?;
+    let mut shards = Vec::new();
+    for primary in primaries {
+        let replica = primary.replica(Duration::from_millis(2)).await?;
+        shards.push((primary, replica));
+    }
+    Ok(shards)
+}
+
+/// One process's view of the users: a replica set per shard (its own
+/// routing, and the positions of the keys it wrote lately, so that reads
+/// of those keys see the writes) over the shared databases.
+pub async fn users_stack<P, R>(
+    databases: &[(P, R)],
+    feed: &Feed,
+) -> scalekit::Result<(Users<P, R>, Vec<ReplicaSet<P, R>>)>
+where
+    P: Positioned<Key = u64, Value = User> + Clone,
+    R: Positioned<Key = u64, Value = User> + Clone,
+{
     let mut shards = Vec::new();
     let mut sets = Vec::new();
-    for (primary, replica) in primaries.iter().zip(replicas) {
+    for (primary, replica) in databases {
         let set = ReplicaSet::builder()
             .primary(primary.clone())
             .replica("replica", replica.clone())
@@ -69,47 +104,27 @@ where
     }
     let users = Sharded::builder()
         .shards(shards)
-        .strategy(Jump::new(primaries.len())?)
+        .strategy(Jump::new(databases.len())?)
         .build()?;
     Ok((users, sets))
 }
 
 /// Builds the stack over `databases` with the cache in `tier`, runs the
 /// workload, verifies, and reports.
-pub async fn run_on<P, Q, T>(
+pub async fn run_on<P, R, Q, T>(
     config: &Config,
-    databases: Databases<P, Q>,
+    databases: Databases<P, R, Q>,
     (tier, cache_description): (T, &str),
     feed: Feed,
 ) -> scalekit::Result<Report>
 where
-    P: Store<Key = u64, Value = User> + Scan,
+    P: Positioned<Key = u64, Value = User> + Clone,
+    R: Positioned<Key = u64, Value = User> + Clone,
     Q: Store<Key = String, Value = Vec<u8>>,
     T: CacheTier<Key = u64, Value = Cached<User>>,
 {
-    // Users: a simulated replica per shard, 2 ms behind its primary.
-    let primaries: Vec<Primary<P>> = databases
-        .primaries
-        .into_iter()
-        .map(SimulatedPrimary::over)
-        .collect();
-    // The table as it was before this run: written to the primaries (by
-    // the same routing), copied by each replica as it starts.
-    let seed: Vec<Write<u64, User>> = (0..config.users)
-        .map(|id| Write::Put(id, user(id, 0)))
-        .collect();
-    Sharded::builder()
-        .shards(primaries.clone())
-        .strategy(Jump::new(primaries.len())?)
-        .build()?
-        .write_batch(seed)
-        .await?;
-    let mut replicas = Vec::new();
-    for primary in &primaries {
-        replicas.push(primary.replica(Duration::from_millis(2)).await?);
-    }
-    let (users, sets) = users_stack(&primaries, &replicas, &feed).await?;
-    let (admin, _) = users_stack(&primaries, &replicas, &feed).await?;
+    let (users, sets) = users_stack(&databases.shards, &feed).await?;
+    let (admin, _) = users_stack(&databases.shards, &feed).await?;
     let users = ReadThrough::builder(users, tier).build()?;
 
     // Change events: the cache hears of writes it did not make; an email
@@ -285,8 +300,8 @@ where
     for chunk in ids.chunks(1_000) {
         let cached = users.get_many(chunk).await?;
         for ((id, seen), _) in chunk.iter().zip(&cached).zip(0..) {
-            let primary = &primaries[users.get_ref().shard_of(id)?];
-            if primary.get_ref().get(id).await? != *seen {
+            let primary = sets[users.get_ref().shard_of(id)?].primary();
+            if primary.get(id).await? != *seen {
                 cache_mismatches += 1;
             }
         }
