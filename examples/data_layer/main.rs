@@ -14,7 +14,8 @@
 //!                  Publishing (every write becomes a Change event)
 //!                    └ RecentWrites (reads of keys written lately wait for a replica that has them)
 //!                        └ ReplicaSet: primary = SQLite file (or a PostgreSQL table),
-//!                                      1 simulated replica (in memory, 2 ms behind)
+//!                                      1 simulated replica (in memory, 2 ms behind),
+//!                                      or its streaming standby (--postgres-standby)
 //! changes  ─ event bus topic (or NATS JetStream with --nats):
 //!              "cache-invalidation" remembers the change's position for its key, then drops the key from the cache
 //!              "welcome-email"      an email gateway that refuses some addresses (retried, then dead-lettered)
