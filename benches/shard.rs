@@ -77,14 +77,26 @@ fn scatter_gather(c: &mut Criterion) {
             .await
             .unwrap();
     });
+    compare_reads(c, &runtime, "read_1000_keys_over_8_shards", &store, 100);
+}
+
+/// `get_many` of 1,000 keys beside 1,000 single gets, in one group.
+fn compare_reads<S: Store<Key = u64, Value = u64>>(
+    c: &mut Criterion,
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+    store: &S,
+    samples: usize,
+) {
     let keys: Vec<u64> = (0..1_000u64).map(|k| k * 97 % 100_000).collect();
-    let mut group = c.benchmark_group("read_1000_keys_over_8_shards");
+    let mut group = c.benchmark_group(name);
+    group.sample_size(samples);
     group.bench_function("get_many_scatter_gather", |b| {
-        b.to_async(&runtime)
+        b.to_async(runtime)
             .iter(|| async { black_box(store.get_many(&keys).await.unwrap()) })
     });
     group.bench_function("single_gets", |b| {
-        b.to_async(&runtime).iter(|| async {
+        b.to_async(runtime).iter(|| async {
             for key in &keys {
                 black_box(store.get(key).await.unwrap());
             }
@@ -117,21 +129,13 @@ fn scatter_gather_over_sqlite(c: &mut Criterion) {
             .unwrap();
         store
     });
-    let keys: Vec<u64> = (0..1_000u64).map(|k| k * 97 % 100_000).collect();
-    let mut group = c.benchmark_group("read_1000_keys_over_8_sqlite_shards");
-    group.sample_size(10);
-    group.bench_function("get_many_scatter_gather", |b| {
-        b.to_async(&runtime)
-            .iter(|| async { black_box(store.get_many(&keys).await.unwrap()) })
-    });
-    group.bench_function("single_gets", |b| {
-        b.to_async(&runtime).iter(|| async {
-            for key in &keys {
-                black_box(store.get(key).await.unwrap());
-            }
-        })
-    });
-    group.finish();
+    compare_reads(
+        c,
+        &runtime,
+        "read_1000_keys_over_8_sqlite_shards",
+        &store,
+        10,
+    );
 }
 
 criterion_group!(benches, routing, scatter_gather, scatter_gather_over_sqlite);

@@ -139,30 +139,24 @@ fn bad_options_are_refused_with_a_message() {
 }
 
 #[tokio::test]
-async fn a_standby_without_its_primary_is_a_configuration_error() {
-    let config = Config {
+async fn configurations_that_cannot_run_are_typed_errors() {
+    let mut configs = vec![Config {
         postgres_standby: Some("postgres://127.0.0.1:5433/test".into()),
         ..short()
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let err = data_layer::run(&config, dir.path()).await.unwrap_err();
-    assert!(
-        matches!(err.kind(), scalekit::ErrorKind::Config { .. }),
-        "{err}"
-    );
-}
-
-#[cfg(not(feature = "postgres"))]
-#[tokio::test]
-async fn a_backend_this_build_lacks_is_a_configuration_error() {
-    let config = Config {
-        postgres: Some("postgres://nowhere".into()),
-        ..short()
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let err = data_layer::run(&config, dir.path()).await.unwrap_err();
-    assert!(
-        matches!(err.kind(), scalekit::ErrorKind::Config { .. }),
-        "{err}"
-    );
+    }];
+    if cfg!(not(feature = "postgres")) {
+        // A backend this build lacks.
+        configs.push(Config {
+            postgres: Some("postgres://nowhere".into()),
+            ..short()
+        });
+    }
+    for config in configs {
+        let dir = tempfile::tempdir().unwrap();
+        let err = data_layer::run(&config, dir.path()).await.unwrap_err();
+        assert!(
+            matches!(err.kind(), scalekit::ErrorKind::Config { .. }),
+            "{err}"
+        );
+    }
 }

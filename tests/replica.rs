@@ -41,6 +41,21 @@ async fn replicated(
     builder
 }
 
+/// A set over `primary` with `replicas` replicas (r1, r2, …), each
+/// applying writes `delay` after they commit and answering at once.
+async fn lagging(
+    primary: &Primary,
+    replicas: usize,
+    delay: Duration,
+) -> ReplicaSetBuilder<Primary, Replica> {
+    let names = ["r1", "r2", "r3", "r4"];
+    let specs: Vec<(&str, Duration, Duration)> = names[..replicas]
+        .iter()
+        .map(|name| (*name, delay, Duration::ZERO))
+        .collect();
+    replicated(primary, &specs).await
+}
+
 fn reads_of(set: &Set) -> Vec<u64> {
     set.stats().replicas.iter().map(|r| r.reads).collect()
 }
@@ -48,17 +63,11 @@ fn reads_of(set: &Set) -> Vec<u64> {
 #[tokio::test(start_paused = true)]
 async fn writes_go_to_the_primary_and_reads_to_the_replicas() {
     let primary = Primary::new();
-    let set = replicated(
-        &primary,
-        &[
-            ("r1", Duration::from_millis(5), Duration::ZERO),
-            ("r2", Duration::from_millis(5), Duration::ZERO),
-        ],
-    )
-    .await
-    .build()
-    .await
-    .unwrap();
+    let set = lagging(&primary, 2, Duration::from_millis(5))
+        .await
+        .build()
+        .await
+        .unwrap();
     let token = set.put(1, "one".into()).await.unwrap();
     assert_eq!(primary.get(&1).await.unwrap(), Some("one".into()));
     assert_eq!(set.primary_position(), token);
@@ -84,18 +93,12 @@ async fn writes_go_to_the_primary_and_reads_to_the_replicas() {
 #[tokio::test(start_paused = true)]
 async fn a_token_read_sees_the_write_even_when_every_replica_lags() {
     let primary = Primary::new();
-    let set = replicated(
-        &primary,
-        &[
-            ("r1", Duration::from_millis(30), Duration::ZERO),
-            ("r2", Duration::from_millis(30), Duration::ZERO),
-        ],
-    )
-    .await
-    .token_wait(Duration::from_millis(100))
-    .build()
-    .await
-    .unwrap();
+    let set = lagging(&primary, 2, Duration::from_millis(30))
+        .await
+        .token_wait(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
     let token = set.put(1, "one".into()).await.unwrap();
     assert_eq!(
         set.get(&1).await.unwrap(),
@@ -769,15 +772,12 @@ async fn a_simulated_primary_over_sqlite_ships_its_writes_to_in_memory_replicas(
 async fn recent_writes_make_only_the_written_keys_wait_for_a_replica() {
     let primary = Primary::new();
     primary.put(2, "two".into()).await.unwrap();
-    let set = replicated(
-        &primary,
-        &[("r1", Duration::from_millis(30), Duration::ZERO)],
-    )
-    .await
-    .token_wait(Duration::from_millis(100))
-    .build()
-    .await
-    .unwrap();
+    let set = lagging(&primary, 1, Duration::from_millis(30))
+        .await
+        .token_wait(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
     let users = RecentWrites::new(set.clone());
     users.put(1, "one".into()).await.unwrap();
     assert_eq!(users.remembered(), 1);
@@ -807,15 +807,12 @@ async fn recent_writes_make_only_the_written_keys_wait_for_a_replica() {
 #[tokio::test(start_paused = true)]
 async fn an_observed_position_holds_back_reads_of_its_key_only() {
     let primary = Primary::new();
-    let set = replicated(
-        &primary,
-        &[("r1", Duration::from_millis(30), Duration::ZERO)],
-    )
-    .await
-    .token_wait(Duration::from_millis(100))
-    .build()
-    .await
-    .unwrap();
+    let set = lagging(&primary, 1, Duration::from_millis(30))
+        .await
+        .token_wait(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
     let here = RecentWrites::new(set.clone());
     // Another process writes; this one hears of it through an event.
     let elsewhere = primary.put(5, "five".into()).await.unwrap();
@@ -828,18 +825,12 @@ async fn an_observed_position_holds_back_reads_of_its_key_only() {
 #[tokio::test(start_paused = true)]
 async fn remembered_keys_are_forgotten_once_every_replica_has_them() {
     let primary = Primary::new();
-    let set = replicated(
-        &primary,
-        &[
-            ("r1", Duration::from_millis(5), Duration::ZERO),
-            ("r2", Duration::from_millis(5), Duration::ZERO),
-        ],
-    )
-    .await
-    .poll_interval(Duration::from_millis(10))
-    .build()
-    .await
-    .unwrap();
+    let set = lagging(&primary, 2, Duration::from_millis(5))
+        .await
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
     let users = RecentWrites::new(set.clone());
     users
         .write_batch(
