@@ -46,6 +46,8 @@ use scalekit::shard::Sharded;
 use scalekit::testing::FaultyStore;
 use scalekit::{DynStore, MemoryStore, Store, Write};
 
+#[path = "support/measure.rs"]
+mod measure;
 #[path = "support/options.rs"]
 mod options;
 #[path = "support/workload.rs"]
@@ -421,15 +423,7 @@ fn snapshot(probes: &[Probe]) -> Vec<(u64, Duration)> {
     probes.iter().map(|p| (p.read)()).collect()
 }
 
-fn percentile(sorted: &[u64], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let at = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    Duration::from_nanos(sorted[at])
-}
-
-async fn measure(
+async fn measure_level(
     workload: &Workload,
     level: Level,
     stack: Stack,
@@ -545,9 +539,9 @@ async fn measure(
         throughput: requests as f64 / seconds,
         read_throughput: reads as f64 / seconds,
         write_throughput: writes as f64 / seconds,
-        p50: percentile(&latencies, 0.5),
-        p99: percentile(&latencies, 0.99),
-        p999: percentile(&latencies, 0.999),
+        p50: measure::percentile(&latencies, 0.5),
+        p99: measure::percentile(&latencies, 0.99),
+        p999: measure::percentile(&latencies, 0.999),
         backend_calls_per_request: calls as f64 / requests as f64,
         hit_ratio,
         primary_utilisation: primary_use,
@@ -570,7 +564,7 @@ pub async fn run(
     let mut reports = Vec::new();
     for &level in &workload.levels {
         stack = stack.after(level);
-        let report = measure(workload, level, stack, &zipf).await?;
+        let report = measure_level(workload, level, stack, &zipf).await?;
         progress(&report);
         reports.push(report);
     }
@@ -627,11 +621,7 @@ fn header() -> String {
 }
 
 fn row(r: &LevelReport) -> String {
-    let ms = |d: Duration| match d.as_nanos() {
-        0..=999 => format!("{}ns", d.as_nanos()),
-        1_000..=999_999 => format!("{:.1}µs", d.as_secs_f64() * 1e6),
-        _ => format!("{:.1}ms", d.as_secs_f64() * 1e3),
-    };
+    let ms = measure::human;
     format!(
         "{:<16} {:>9.0} {:>9.0} {:>8.0} {:>8} {:>8} {:>8} {:>9.3} {:>6}  {}{}",
         r.level,

@@ -68,6 +68,12 @@ fn check(report: &Report) {
     }
     let (at, log) = report.projection_at_stop;
     assert!(at <= log && log.get() > 0);
+    let lag = &report.projection_lag;
+    assert!(
+        lag.samples() > 10,
+        "the lag was sampled while the clients ran"
+    );
+    assert!(lag.mean() <= lag.max as f64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

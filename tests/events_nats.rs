@@ -357,3 +357,27 @@ async fn a_new_group_starts_from_the_earliest_event_or_only_the_next_ones() {
     from_latest.shutdown().await;
     topic.delete().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_cloned_topic_is_the_same_stream() {
+    let topic = NatsTopic::<String>::connect(&url(), &name("clone"))
+        .await
+        .unwrap();
+    let clone = topic.clone();
+    assert_eq!(clone.name(), topic.name());
+    clone
+        .publish_keyed("k", "through the clone".into())
+        .await
+        .unwrap();
+    let seen: Seen = Default::default();
+    let group = topic.group("g").subscribe(recorder(&seen)).await.unwrap();
+    group.caught_up().await.unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![(0, "through the clone".to_string())]
+    );
+    assert_eq!(topic.stats().await.unwrap().published, 1);
+    group.shutdown().await;
+    drop(clone);
+    topic.delete().await.unwrap();
+}

@@ -855,3 +855,38 @@ async fn remembered_keys_are_forgotten_once_every_replica_has_them() {
     );
     assert_eq!(users.get(&7).await.unwrap(), Some("7".into()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn past_its_limit_a_stalled_replica_costs_waits_not_memory_or_stale_reads() {
+    let primary = Primary::new();
+    let stalled = primary.replica(Duration::from_secs(3_600)).await.unwrap();
+    let set = ReplicaSet::builder()
+        .primary(primary.clone())
+        .replica("stalled", Arc::new(FaultyStore::new(stalled)))
+        .token_wait(Duration::from_millis(20))
+        // With its only replica stalled, the primary serves every read.
+        .spill_budget(1.0, 1_000)
+        .build()
+        .await
+        .unwrap();
+    let users = RecentWrites::with_limit(set.clone(), 8);
+    for k in 0..20 {
+        users.put(k, format!("v{k}")).await.unwrap();
+    }
+    assert!(
+        users.remembered() <= 8,
+        "{} keys remembered past a limit of 8",
+        users.remembered()
+    );
+    for k in 0..20 {
+        assert_eq!(
+            users.get(&k).await.unwrap(),
+            Some(format!("v{k}")),
+            "key {k}: folded keys still read their writes"
+        );
+    }
+    // Keys never written through it now wait too (for the floor): the
+    // stalled replica cannot serve them, the primary does.
+    assert_eq!(users.get(&99).await.unwrap(), None);
+    assert!(set.stats().spills_to_primary > 0);
+}

@@ -41,14 +41,8 @@ impl Tally {
     }
 
     pub fn percentile(&mut self, p: f64) -> Duration {
-        if self.latencies_ns.is_empty() {
-            return Duration::ZERO;
-        }
         self.latencies_ns.sort_unstable();
-        let at = ((self.latencies_ns.len() as f64 * p).ceil() as usize)
-            .clamp(1, self.latencies_ns.len())
-            - 1;
-        Duration::from_nanos(self.latencies_ns[at])
+        super::measure::percentile(&self.latencies_ns, p)
     }
 }
 

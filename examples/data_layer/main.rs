@@ -40,6 +40,8 @@ use scalekit::replica::Positioned;
 use scalekit::store::SqliteStore;
 use scalekit::Store;
 
+#[path = "../support/measure.rs"]
+mod measure;
 #[path = "../support/options.rs"]
 mod options;
 #[path = "../support/workload.rs"]

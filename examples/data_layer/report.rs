@@ -9,6 +9,7 @@ use scalekit::shard::ShardStats;
 use scalekit::Position;
 
 use super::clients::Tally;
+use super::measure::human;
 
 /// What the run measured and verified, layer by layer.
 #[derive(Debug)]
@@ -267,16 +268,13 @@ impl LagSamples {
         self.samples += 1;
     }
 
+    /// How many samples were taken.
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+
     pub fn mean(&self) -> f64 {
         self.sum as f64 / self.samples.max(1) as f64
-    }
-}
-
-pub fn human(d: Duration) -> String {
-    match d.as_nanos() {
-        0..=999 => format!("{}ns", d.as_nanos()),
-        1_000..=999_999 => format!("{:.1}µs", d.as_secs_f64() * 1e6),
-        _ => format!("{:.1}ms", d.as_secs_f64() * 1e3),
     }
 }
 

@@ -2,8 +2,9 @@
 //! replica that has them.
 
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use super::positioned::Positioned;
@@ -13,6 +14,8 @@ use crate::{Position, Result};
 
 /// The fewest remembered keys at which pruning starts.
 const PRUNE_FLOOR: usize = 1_024;
+/// The most keys [`RecentWrites::new`] remembers one by one.
+const DEFAULT_LIMIT: usize = 1_000_000;
 
 /// A view of a [`ReplicaSet`] that remembers the position of the last
 /// write of each key written through it (or [`observe`](Self::observe)d,
@@ -26,7 +29,9 @@ const PRUNE_FLOOR: usize = 1_024;
 /// write the cache has seen (see the `data_layer` example), or for a
 /// service whose requests each touch their own keys. A remembered key is
 /// forgotten once every replica has applied its position, so the memory
-/// it takes follows the replicas' lag, not the number of keys.
+/// it takes follows the replicas' lag, not the number of keys; a replica
+/// that stops cannot make it grow past a limit (see
+/// [`with_limit`](Self::with_limit)).
 ///
 /// ```
 /// use std::time::Duration;
@@ -50,14 +55,24 @@ const PRUNE_FLOOR: usize = 1_024;
 pub struct RecentWrites<P: Positioned, R = P> {
     set: ReplicaSet<P, R>,
     recent: DashMap<P::Key, u64, foldhash::fast::RandomState>,
+    /// Keys remembered, counted as they are added (`DashMap::len` visits
+    /// every shard, too much for each write).
+    remembered: AtomicUsize,
     /// Prune when more keys than this are remembered.
     prune_at: AtomicUsize,
+    /// The most keys remembered one by one; beyond, they fold into `floor`.
+    limit: usize,
+    /// A position every read must see: the newest of the keys folded
+    /// away while a replica was too far behind to forget them (0: none).
+    floor: AtomicU64,
 }
 
 impl<P: Positioned, R> fmt::Debug for RecentWrites<P, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RecentWrites")
-            .field("remembered", &self.recent.len())
+            .field("remembered", &self.remembered.load(Ordering::Relaxed))
+            .field("limit", &self.limit)
+            .field("floor", &self.floor.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -67,12 +82,27 @@ where
     P: Positioned,
     R: Positioned<Key = P::Key, Value = P::Value>,
 {
-    /// Remembers the writes made through it from now on.
+    /// Remembers the writes made through it from now on, up to a million
+    /// keys one by one (see [`with_limit`](Self::with_limit)).
     pub fn new(set: ReplicaSet<P, R>) -> Self {
+        Self::with_limit(set, DEFAULT_LIMIT)
+    }
+
+    /// Remembers at most `keys` keys one by one (at least 1). When a
+    /// replica falls so far behind (or stops) that more are outstanding,
+    /// they are folded into one position that every read must then see,
+    /// as a [`Session`](super::Session) does: memory stays bounded, reads
+    /// stay correct, and they wait for a replica only until one has
+    /// caught up with that position.
+    pub fn with_limit(set: ReplicaSet<P, R>, keys: usize) -> Self {
+        let limit = keys.max(1);
         RecentWrites {
             set,
             recent: DashMap::with_hasher(foldhash::fast::RandomState::default()),
-            prune_at: AtomicUsize::new(PRUNE_FLOOR),
+            remembered: AtomicUsize::new(0),
+            prune_at: AtomicUsize::new(PRUNE_FLOOR.min(limit)),
+            limit,
+            floor: AtomicU64::new(0),
         }
     }
 
@@ -83,9 +113,9 @@ where
         self.remember(key, position.get());
     }
 
-    /// How many keys are remembered now.
+    /// How many keys are remembered one by one now.
     pub fn remembered(&self) -> usize {
-        self.recent.len()
+        self.remembered.load(Ordering::Relaxed)
     }
 
     /// The replica set.
@@ -94,30 +124,66 @@ where
     }
 
     fn remember(&self, key: &P::Key, position: u64) {
-        self.recent
-            .entry(key.clone())
-            .and_modify(|known| *known = (*known).max(position))
-            .or_insert(position);
-        if self.recent.len() > self.prune_at.load(Ordering::Relaxed) {
-            self.prune();
+        // The key is cloned only the first time it is remembered.
+        if let Some(mut known) = self.recent.get_mut(key) {
+            *known = (*known).max(position);
+            return;
+        }
+        if let Entry::Vacant(vacant) = self.recent.entry(key.clone()).and_modify(|known| {
+            *known = (*known).max(position);
+        }) {
+            vacant.insert(position);
+            let remembered = self.remembered.fetch_add(1, Ordering::Relaxed) + 1;
+            if remembered > self.prune_at.load(Ordering::Relaxed) {
+                self.prune();
+            }
         }
     }
 
-    /// Forgets the keys every replica has caught up with.
+    /// Forgets the keys every replica has caught up with; beyond the
+    /// limit, folds the rest into the floor.
     fn prune(&self) {
         let everywhere = self.set.applied_by_every_replica().get();
         self.recent.retain(|_, position| *position > everywhere);
-        self.prune_at
-            .store((self.recent.len() * 2).max(PRUNE_FLOOR), Ordering::Relaxed);
+        let floor = self.floor.load(Ordering::Acquire);
+        if floor != 0 && floor <= everywhere {
+            // Every replica has the floor: reads need not wait for it.
+            let _ = self
+                .floor
+                .compare_exchange(floor, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+        if self.recent.len() > self.limit {
+            let mut newest = 0;
+            self.recent.retain(|_, position| {
+                newest = newest.max(*position);
+                false
+            });
+            self.floor.fetch_max(newest, Ordering::AcqRel);
+        }
+        let left = self.recent.len();
+        self.remembered.store(left, Ordering::Relaxed);
+        self.prune_at.store(
+            (left * 2).max(PRUNE_FLOOR).min(self.limit),
+            Ordering::Relaxed,
+        );
     }
 
     fn token(&self, key: &P::Key) -> Option<Position> {
-        self.recent
-            .get(key)
-            .map(|position| Position::new(*position))
+        let own = self.recent.get(key).map(|position| *position);
+        match (own, self.floor.load(Ordering::Acquire)) {
+            (None, 0) => None,
+            (own, floor) => Some(Position::new(own.unwrap_or(0).max(floor))),
+        }
     }
 
-    fn wrote(&self, keys: &[&P::Key], position: Result<Position>) -> Result<Position> {
+    fn wrote<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k P::Key>,
+        position: Result<Position>,
+    ) -> Result<Position>
+    where
+        P::Key: 'k,
+    {
         if let Ok(position) = position {
             for key in keys {
                 self.remember(key, position.get());
@@ -153,17 +219,17 @@ where
 
     async fn put(&self, key: P::Key, value: P::Value) -> Result<Position> {
         let written = self.set.put(key.clone(), value).await;
-        self.wrote(&[&key], written)
+        self.wrote([&key], written)
     }
 
     async fn delete(&self, key: &P::Key) -> Result<Position> {
         let written = self.set.delete(key).await;
-        self.wrote(&[key], written)
+        self.wrote([key], written)
     }
 
     async fn write_batch(&self, batch: Vec<Write<P::Key, P::Value>>) -> Result<Position> {
         let keys: Vec<P::Key> = batch.iter().map(|w| w.key().clone()).collect();
         let written = self.set.write_batch(batch).await;
-        self.wrote(&keys.iter().collect::<Vec<_>>(), written)
+        self.wrote(&keys, written)
     }
 }
