@@ -7,6 +7,7 @@
 //! | kind | meaning | retry? |
 //! |---|---|---|
 //! | [`ErrorKind::Backend`] | the engine answered with an error or the I/O to it failed | often, after a back-off |
+//! | [`ErrorKind::Refused`] | the engine refused this data for good (too large, a constraint) | no: the same write fails again |
 //! | [`ErrorKind::Codec`] | a key or value could not be encoded, or a stored row could not be decoded | no: the data or the codec is wrong |
 //! | [`ErrorKind::Config`] | a builder was given a configuration that cannot work | no: fix the configuration |
 //! | [`ErrorKind::Timeout`] | an operation did not finish within its bound | yes |
@@ -52,6 +53,21 @@ pub enum ErrorKind {
         /// Which backend (`"sqlite"`, `"postgres"`, `"memory"`, or a user's name).
         backend: &'static str,
         /// The operation that failed (`"get"`, `"write_batch"`, …).
+        operation: &'static str,
+        /// The engine's own error.
+        #[source]
+        source: BoxError,
+    },
+    /// The engine refused this operation's data for good: a value over
+    /// its size limit, a violated constraint, a type it cannot store.
+    /// Unlike [`Backend`](Self::Backend), retrying the same write cannot
+    /// succeed, so layers that retry (write-behind, the CQRS `Retry`)
+    /// give up on it at once and set it aside (a dead letter).
+    #[error("{backend} refused the data of {operation}: {source}")]
+    Refused {
+        /// Which backend (`"sqlite"`, `"postgres"`, …).
+        backend: &'static str,
+        /// The operation refused (`"write_batch"`, …).
         operation: &'static str,
         /// The engine's own error.
         #[source]
@@ -152,6 +168,19 @@ impl Error {
         .into()
     }
 
+    /// The engine refused this data for good (see [`ErrorKind::Refused`]).
+    pub fn refused<E>(backend: &'static str, operation: &'static str, source: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        ErrorKind::Refused {
+            backend,
+            operation,
+            source: Arc::new(source),
+        }
+        .into()
+    }
+
     /// A configuration error.
     pub fn config(component: &'static str, reason: impl Into<String>) -> Self {
         ErrorKind::Config {
@@ -216,6 +245,16 @@ mod tests {
             "invalid configuration of Thing: capacity must be at least 1"
         );
         assert!(!e.is_transient());
+        let refused = Error::refused(
+            "sqlite",
+            "put",
+            std::io::Error::other("string or blob too big"),
+        );
+        assert!(!refused.is_transient(), "a refused write fails again");
+        assert_eq!(
+            refused.to_string(),
+            "sqlite refused the data of put: string or blob too big"
+        );
     }
 
     #[test]

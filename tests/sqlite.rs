@@ -270,7 +270,7 @@ async fn a_failing_batch_in_a_group_does_not_fail_its_neighbours() {
     assert!(
         matches!(
             err.kind(),
-            ErrorKind::Backend {
+            ErrorKind::Refused {
                 backend: "sqlite",
                 ..
             }

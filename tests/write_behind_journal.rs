@@ -32,7 +32,7 @@ fn write_then_crash<V: Into<String>>(
     writes: impl IntoIterator<Item = (u64, V)>,
 ) {
     let runtime = runtime();
-    runtime.block_on(async {
+    let layer = runtime.block_on(async {
         let faulty = FaultyStore::new(Arc::clone(store));
         faulty.set_failing(true);
         let layer = WriteBehind::builder(faulty)
@@ -44,15 +44,26 @@ fn write_then_crash<V: Into<String>>(
         for (k, v) in writes {
             layer.put(k, v.into()).await.unwrap();
         }
-        std::mem::forget(layer);
+        layer
     });
-    runtime.shutdown_background();
+    // The runtime stops with the flusher mid-retry (its task is dropped,
+    // not finished); then the layer goes without a runtime to drain on.
+    // As in a crash, the files are left as they are and the directory's
+    // lock is released.
+    drop(runtime);
+    drop(layer);
 }
 
+/// The journal's segment files, oldest first (not its lock or its
+/// dead-letter log).
 fn segments(journal: &Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(journal)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|path| {
+            let name = path.file_name().unwrap().to_string_lossy();
+            name.starts_with("journal-") && name.ends_with(".log")
+        })
         .collect();
     files.sort();
     files
@@ -307,13 +318,21 @@ const CHILD_DIR: &str = "SCALEKIT_CRASH_DIR";
 const CHILD_MODE: &str = "SCALEKIT_CRASH_MODE";
 const CHILD_START: &str = "SCALEKIT_CRASH_START";
 
-async fn child_layer(dir: &Path) -> WriteBehind<SqliteStore<u64, String>> {
+/// The child's layer over the SQLite file in `dir`; in an outage its store
+/// refuses every call, and its retry budget (about 10 ms) is far shorter
+/// than the outage.
+async fn child_layer(
+    dir: &Path,
+    outage: bool,
+) -> WriteBehind<FaultyStore<SqliteStore<u64, String>>> {
     let store = SqliteStore::builder()
         .path(dir.join("data.db"))
         .table("crash")
         .build()
         .await
         .unwrap();
+    let store = FaultyStore::new(store);
+    store.set_failing(outage);
     WriteBehind::builder(store)
         .journal(
             dir.join("journal"),
@@ -321,6 +340,7 @@ async fn child_layer(dir: &Path) -> WriteBehind<SqliteStore<u64, String>> {
         )
         .batch_size(32)
         .max_delay(Duration::from_millis(3))
+        .retries(3, Duration::from_millis(1), Duration::from_millis(4))
         .build()
         .unwrap()
 }
@@ -339,7 +359,7 @@ fn crash_child() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     runtime().block_on(async {
-        let layer = child_layer(&dir).await;
+        let layer = child_layer(&dir, mode == "outage").await;
         if mode == "replay" {
             layer.flush().await.unwrap();
             layer.shutdown().await;
@@ -357,6 +377,23 @@ fn crash_child() {
 
 #[test]
 fn every_acknowledged_write_survives_sigkill() {
+    kill_loop("write", Duration::ZERO);
+}
+
+/// The store is down through 20 kills, each long after the retry budget
+/// ran out; then one start over a healthy store must land every write
+/// any of the 20 processes acknowledged.
+#[test]
+fn a_crash_loop_through_a_store_outage_longer_than_the_retry_budget_loses_no_acknowledged_write() {
+    kill_loop("outage", Duration::from_millis(60));
+}
+
+/// Runs 20 writer children in `mode`, each SIGKILLed after a random number
+/// of acknowledgements and `linger` more (in an outage, a replay run
+/// would meet the same outage, so replays only follow healthy runs);
+/// then replays over a healthy store and checks the recorded history:
+/// every acknowledged write is in the store with its value.
+fn kill_loop(mode: &str, linger: Duration) {
     let dir = tempfile::tempdir().unwrap();
     let me = std::env::current_exe().unwrap();
     let child = |mode: &str, start: u64| {
@@ -376,11 +413,17 @@ fn every_acknowledged_write_survives_sigkill() {
             .stderr(Stdio::null());
         command
     };
+    let replay = || {
+        let replay = child("replay", 0).output().unwrap();
+        assert!(replay.status.success(), "the replay run failed");
+        let text = String::from_utf8_lossy(&replay.stdout);
+        assert!(text.contains("replayed"), "{text}");
+    };
     let mut acknowledged = Vec::new();
     let mut next = 0u64;
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     for _ in 0..20 {
-        let mut writer = child("write", next).spawn().unwrap();
+        let mut writer = child(mode, next).spawn().unwrap();
         let stdout = writer.stdout.take().unwrap();
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -402,13 +445,16 @@ fn every_acknowledged_write_survives_sigkill() {
                 }
             }
         }
+        std::thread::sleep(linger);
         writer.kill().unwrap(); // SIGKILL on Unix
         writer.wait().unwrap();
 
-        let replay = child("replay", 0).output().unwrap();
-        assert!(replay.status.success(), "the replay run failed");
-        let text = String::from_utf8_lossy(&replay.stdout);
-        assert!(text.contains("replayed"), "{text}");
+        if mode != "outage" {
+            replay();
+        }
+    }
+    if mode == "outage" {
+        replay();
     }
     assert!(acknowledged.len() >= 20 * 5);
     runtime().block_on(async {
@@ -456,4 +502,287 @@ fn a_writer_cancelled_while_leading_the_journal_sync_does_not_wedge_the_others()
         runtime().block_on(store.get(&2)).unwrap(),
         Some("two".into())
     );
+}
+
+// --- Failure paths: isolation, durable dead letters, the lock, damage. ---
+
+/// A SQLite store in `dir` whose values may be at most 1 KiB: a longer
+/// one is refused for good, whatever the retries.
+async fn small_values(dir: &Path) -> SqliteStore<u64, String> {
+    SqliteStore::builder()
+        .path(dir.join("small.db"))
+        .max_value_bytes(1024)
+        .build()
+        .await
+        .unwrap()
+}
+
+#[test]
+fn one_refused_write_is_dead_lettered_alone_and_its_batch_lands() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    runtime().block_on(async {
+        let layer = WriteBehind::builder(small_values(dir.path()).await)
+            .journal(&journal, SyncPolicy::EveryWrite)
+            .batch_size(10)
+            .build()
+            .unwrap();
+        let mut batch: Vec<_> = (0..9u64)
+            .map(|k| scalekit::store::Write::Put(k, format!("v{k}")))
+            .collect();
+        batch.insert(4, scalekit::store::Write::Put(99, "x".repeat(4_000)));
+        layer.write_batch(batch).await.unwrap();
+        layer.flush().await.unwrap();
+        for k in 0..9u64 {
+            assert_eq!(
+                layer.get_ref().get(&k).await.unwrap(),
+                Some(format!("v{k}"))
+            );
+        }
+        let letters = layer.dead_letters();
+        assert_eq!(letters.len(), 1, "only the refused write");
+        assert_eq!(letters[0].writes.len(), 1);
+        assert_eq!(*letters[0].writes[0].key(), 99);
+        assert!(
+            matches!(letters[0].error.kind(), scalekit::ErrorKind::Refused { .. }),
+            "{}",
+            letters[0].error
+        );
+        let stats = layer.stats();
+        assert_eq!((stats.dead_lettered, stats.dead_letters_kept), (1, 1));
+        assert_eq!(stats.isolated_batches, 1);
+        layer.shutdown().await;
+    });
+    // The letter is acknowledged data: it outlives the process.
+    runtime().block_on(async {
+        let layer = WriteBehind::builder(small_values(dir.path()).await)
+            .journal(&journal, SyncPolicy::EveryWrite)
+            .build()
+            .unwrap();
+        let letters = layer.dead_letters();
+        assert_eq!(letters.len(), 1, "read back from the durable log");
+        assert_eq!(*letters[0].writes[0].key(), 99);
+        assert!(!letters[0].error.is_transient());
+        assert_eq!(layer.stats().replayed, 0, "the journal let go of it");
+        let taken = layer.take_dead_letters().unwrap();
+        assert_eq!(taken.len(), 1);
+        layer.shutdown().await;
+    });
+    runtime().block_on(async {
+        let layer = WriteBehind::builder(small_values(dir.path()).await)
+            .journal(&journal, SyncPolicy::EveryWrite)
+            .build()
+            .unwrap();
+        assert!(layer.dead_letters().is_empty(), "taken letters are gone");
+        layer.shutdown().await;
+    });
+}
+
+#[test]
+fn an_outage_makes_no_dead_letter_and_a_shutdown_during_it_leaves_the_writes_to_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let store: Shared = Arc::default();
+    runtime().block_on(async {
+        let faulty = FaultyStore::new(Arc::clone(&store));
+        faulty.set_failing(true);
+        let layer = WriteBehind::builder(faulty)
+            .journal(&journal, SyncPolicy::EveryWrite)
+            .retries(2, Duration::from_millis(1), Duration::from_millis(2))
+            .max_delay(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        layer.put(1, "one".into()).await.unwrap();
+        layer.put(2, "two".into()).await.unwrap();
+        // Far past the retry budget (a few ms), the writes are held.
+        let flushed = tokio::time::timeout(Duration::from_millis(300), layer.flush()).await;
+        assert!(flushed.is_err(), "flush waits while the store is down");
+        let stats = layer.stats();
+        assert_eq!(stats.dead_lettered, 0, "{stats:?}");
+        assert!(stats.held_retries >= 1, "{stats:?}");
+        assert_eq!(
+            layer.get(&2).await.unwrap(),
+            Some("two".into()),
+            "still readable"
+        );
+        layer.shutdown().await;
+        let error = layer.flush().await.unwrap_err();
+        assert!(
+            matches!(error.kind(), scalekit::ErrorKind::Unavailable { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("journal"), "{error}");
+    });
+    assert_eq!(store.len(), 0);
+    runtime().block_on(async {
+        let layer = WriteBehind::builder(Arc::clone(&store))
+            .journal(&journal, SyncPolicy::EveryWrite)
+            .build()
+            .unwrap();
+        assert!(layer.dead_letters().is_empty());
+        layer.flush().await.unwrap();
+        assert_eq!(layer.stats().replayed, 2);
+        assert_eq!(store.get(&1).await.unwrap(), Some("one".into()));
+        assert_eq!(store.get(&2).await.unwrap(), Some("two".into()));
+        layer.shutdown().await;
+    });
+}
+
+#[test]
+fn replayed_dead_letters_are_written_again_and_leave_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    runtime().block_on(async {
+        let layer = WriteBehind::builder(small_values(dir.path()).await)
+            .journal(&journal, SyncPolicy::EveryWrite)
+            .build()
+            .unwrap();
+        layer.put(7, "y".repeat(4_000)).await.unwrap();
+        layer.flush().await.unwrap();
+        assert_eq!(layer.dead_letters().len(), 1);
+        layer.shutdown().await;
+    });
+    // The limit is raised (a fixed schema, say): the letter goes through.
+    runtime().block_on(async {
+        let roomy: SqliteStore<u64, String> = SqliteStore::builder()
+            .path(dir.path().join("small.db"))
+            .build()
+            .await
+            .unwrap();
+        let layer = WriteBehind::builder(roomy)
+            .journal(&journal, SyncPolicy::EveryWrite)
+            .build()
+            .unwrap();
+        assert_eq!(layer.replay_dead_letters().await.unwrap(), 1);
+        layer.flush().await.unwrap();
+        assert_eq!(
+            layer.get_ref().get(&7).await.unwrap(),
+            Some("y".repeat(4_000))
+        );
+        assert!(layer.dead_letters().is_empty());
+        assert_eq!(layer.stats().dead_letters_kept, 0);
+        layer.shutdown().await;
+    });
+}
+
+#[test]
+fn a_second_layer_on_a_journal_directory_in_use_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    runtime().block_on(async {
+        let first = WriteBehind::builder(MemoryStore::<u64, String>::new())
+            .journal(&journal, SyncPolicy::Os)
+            .build()
+            .unwrap();
+        first.put(1, "live".into()).await.unwrap();
+        let error = WriteBehind::builder(MemoryStore::<u64, String>::new())
+            .journal(&journal, SyncPolicy::Os)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(error.kind(), scalekit::ErrorKind::Unavailable { .. }),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains(&journal.display().to_string()),
+            "names the directory: {error}"
+        );
+        // The first layer is untouched and goes on acknowledging.
+        first.put(2, "still live".into()).await.unwrap();
+        first.flush().await.unwrap();
+        assert_eq!(first.get_ref().len(), 2);
+        first.shutdown().await;
+        drop(first);
+        // Once it is gone, the directory can be taken.
+        let next = WriteBehind::builder(MemoryStore::<u64, String>::new())
+            .journal(&journal, SyncPolicy::Os)
+            .build()
+            .unwrap();
+        next.shutdown().await;
+    });
+}
+
+#[test]
+fn a_zeroed_page_in_a_segment_is_reported_and_the_records_after_it_are_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let store: Shared = Arc::default();
+    // 4 KiB values: each record is a little over a page.
+    let value = |k: u64| format!("{k:04}").repeat(1_024);
+    write_then_crash(&journal, &store, (0..6u64).map(|k| (k, value(k))));
+    let last = segments(&journal).pop().unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    // Zero the page that starts where the second record starts (a lost
+    // page at a record boundary).
+    let second = end_of_record(&bytes, value(0).as_bytes());
+    bytes[second..second + 4096].fill(0);
+    std::fs::write(&last, &bytes).unwrap();
+    // A stray file with a name like a segment's is no reason to fail.
+    std::fs::write(journal.join("journal-7.log"), b"not ours").unwrap();
+
+    runtime().block_on(async {
+        let layer = WriteBehind::builder(Arc::clone(&store))
+            .journal(&journal, SyncPolicy::Os)
+            .build()
+            .unwrap();
+        layer.flush().await.unwrap();
+        let damage = layer.journal_damage().to_vec();
+        assert_eq!(damage.len(), 1, "{damage:?}");
+        assert_eq!(damage[0].segment, last);
+        assert_eq!(damage[0].bytes.start, second as u64, "{damage:?}");
+        assert!(damage[0].bytes.end > second as u64 + 4096, "{damage:?}");
+        assert_eq!(layer.stats().bad_journal_records, 1);
+        assert_eq!(store.get(&0).await.unwrap(), Some(value(0)));
+        assert_eq!(store.get(&1).await.unwrap(), None, "inside the lost page");
+        for k in 2..6u64 {
+            assert_eq!(
+                store.get(&k).await.unwrap(),
+                Some(value(k)),
+                "after the hole: {k}"
+            );
+        }
+        layer.shutdown().await;
+    });
+}
+
+#[test]
+fn a_flipped_bit_in_a_checkpoint_replays_the_segment_rather_than_skip_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let store: Shared = Arc::default();
+    // Two confirmed writes, then the store goes down and two more are
+    // acknowledged: the checkpoint sits between them.
+    runtime().block_on(async {
+        let faulty = FaultyStore::new(Arc::clone(&store));
+        let layer = WriteBehind::builder(faulty)
+            .journal(&journal, SyncPolicy::EveryWrite)
+            .build()
+            .unwrap();
+        layer.put(1, "one".into()).await.unwrap();
+        layer.put(2, "two".into()).await.unwrap();
+        layer.flush().await.unwrap();
+        layer.get_ref().set_failing(true);
+        layer.put(3, "three".into()).await.unwrap();
+        layer.put(4, "four".into()).await.unwrap();
+        std::mem::forget(layer); // the process dies here
+    });
+    let last = segments(&journal).pop().unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    bytes[10] ^= 0x04; // the checkpoint's offset, one bit
+    std::fs::write(&last, &bytes).unwrap();
+    std::fs::remove_file(journal.join("lock")).unwrap(); // the dead process's
+    let fresh: Shared = Arc::default();
+    runtime().block_on(async {
+        let layer = WriteBehind::builder(Arc::clone(&fresh))
+            .journal(&journal, SyncPolicy::Os)
+            .build()
+            .unwrap();
+        layer.flush().await.unwrap();
+        assert_eq!(layer.journal_damage().len(), 1);
+        assert_eq!(layer.journal_damage()[0].bytes, 8..16);
+        for (k, v) in [(1, "one"), (2, "two"), (3, "three"), (4, "four")] {
+            assert_eq!(fresh.get(&k).await.unwrap(), Some(v.into()), "{k}");
+        }
+        layer.shutdown().await;
+    });
 }

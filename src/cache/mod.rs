@@ -114,5 +114,6 @@ pub use self::tier::{QuickCacheTier, QuickCacheTierBuilder};
 #[cfg(feature = "redis")]
 pub use self::tier::{RedisTier, RedisTierBuilder};
 pub use self::write_behind::{
-    DeadLetter, SyncPolicy, WhenFull, WriteBehind, WriteBehindBuilder, WriteBehindStats,
+    DeadLetter, JournalDamage, SyncPolicy, WhenFull, WriteBehind, WriteBehindBuilder,
+    WriteBehindStats,
 };

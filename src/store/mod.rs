@@ -45,7 +45,10 @@
 //!   Errors are typed ([`Error`](crate::Error)): bad stored data is
 //!   [`ErrorKind::Codec`](crate::ErrorKind::Codec), a closed or unreachable store is
 //!   [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable), an engine failure is
-//!   [`ErrorKind::Backend`](crate::ErrorKind::Backend). Nothing panics on bad data.
+//!   [`ErrorKind::Backend`](crate::ErrorKind::Backend), and data the engine refuses for good
+//!   (over its size limit, against a constraint) is
+//!   [`ErrorKind::Refused`](crate::ErrorKind::Refused), which no retry can fix.
+//!   Nothing panics on bad data.
 //! - **Cancellation is safe.** Dropping a future returned by a store leaves
 //!   the store usable; a dropped write may or may not have been applied.
 //! - **Deleting an absent key is not an error.**

@@ -110,6 +110,14 @@ fn backend(operation: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Err
                 source: Some(Arc::new(source)),
             }
             .into()
+        } else if source.code().is_some_and(|code| {
+            // Class 22 (data exception: too long, out of range, bad
+            // encoding) and 23 (integrity constraint): the data is
+            // refused, and the same write fails again.
+            let code = code.code();
+            code.starts_with("22") || code.starts_with("23")
+        }) {
+            Error::refused("postgres", operation, source)
         } else {
             Error::backend("postgres", operation, source)
         }

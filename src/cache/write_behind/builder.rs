@@ -2,13 +2,14 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
 use super::buffer::Buffer;
-use super::dead_letter::{DeadLetter, DeadLetterSink};
+use super::dead_letter::{DeadLetter, DeadLetterSink, DeadLetters};
 use super::journal::{self, DecodeFn, EncodeFn, Journal, SyncPolicy};
 use super::stats::Counters;
 use super::{flusher, Config, Shared, WriteBehind, COMPONENT};
@@ -32,6 +33,7 @@ pub struct WriteBehindBuilder<S: Store> {
     config: Config,
     sink: Option<DeadLetterSink<S::Key, S::Value>>,
     journal: Option<JournalConfig<S::Key, S::Value>>,
+    max_dead_letters: usize,
 }
 
 struct JournalConfig<K, V> {
@@ -47,6 +49,7 @@ impl<S: Store> fmt::Debug for WriteBehindBuilder<S> {
             .field("store", &self.store)
             .field("config", &self.config)
             .field("dead_letter_sink", &self.sink.is_some())
+            .field("max_dead_letters", &self.max_dead_letters)
             .field(
                 "journal",
                 &self.journal.as_ref().map(|j| (&j.dir, j.policy)),
@@ -70,6 +73,7 @@ impl<S: Store> WriteBehindBuilder<S> {
             },
             sink: None,
             journal: None,
+            max_dead_letters: 100_000,
         }
     }
 
@@ -106,9 +110,21 @@ impl<S: Store> WriteBehindBuilder<S> {
         self
     }
 
-    /// Hands batches that failed every attempt to `sink` instead of keeping
-    /// them for [`WriteBehind::take_dead_letters`]. The sink runs on the
-    /// flusher task: keep it short (send to a channel, write a file).
+    /// The most dead letters' writes kept at once (default 100,000). Past
+    /// that, a write that would become a dead letter is held and retried
+    /// until there is room (taken or replayed letters make room), so
+    /// memory and the durable log stay bounded and nothing is dropped.
+    pub fn max_dead_letters(mut self, writes: usize) -> Self {
+        self.max_dead_letters = writes;
+        self
+    }
+
+    /// Tells `sink` of every dead letter. Without a journal the sink takes
+    /// them instead of the layer (they are not kept for
+    /// [`WriteBehind::take_dead_letters`], and it is the sink's job to keep
+    /// them); with a journal the letters are in the durable log first, and
+    /// the sink is a notification. The sink runs on the flusher task: keep
+    /// it short (send to a channel, write a file).
     pub fn dead_letter_sink(
         mut self,
         sink: impl Fn(DeadLetter<S::Key, S::Value>) + Send + Sync + 'static,
@@ -122,7 +138,9 @@ impl<S: Store> WriteBehindBuilder<S> {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when `batch_size` or `max_buffered` is 0, the
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) when another layer holds the journal
+    /// directory's lock;
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when `batch_size`, `max_buffered` or `max_dead_letters` is 0, the
     /// delay, the back-off or the sync interval is zero, the back-off cap
     /// is below its base, or there is no tokio runtime to run the flusher
     /// on; [`ErrorKind::Backend`](crate::ErrorKind::Backend) when the journal directory cannot be read or
@@ -139,6 +157,8 @@ impl<S: Store> WriteBehindBuilder<S> {
             Some("the retry back-off must be longer than zero")
         } else if c.max_backoff < c.base_backoff {
             Some("the retry back-off cap must not be below its base")
+        } else if self.max_dead_letters == 0 {
+            Some("max_dead_letters must be at least 1")
         } else {
             None
         };
@@ -161,22 +181,33 @@ impl<S: Store> WriteBehindBuilder<S> {
         })?;
         let mut buffer = Buffer::new();
         let mut replay_stats = (0, 0);
-        let journal = match self.journal {
+        let mut damage = Vec::new();
+        let (journal, letters) = match self.journal {
             Some(config) => {
                 let (journal, log, replay) =
                     Journal::open(&config.dir, config.policy, config.decode)?;
+                let (letters, bad_letters) = DeadLetters::durable(
+                    &config.dir,
+                    self.max_dead_letters,
+                    self.sink,
+                    config.encode,
+                    config.decode,
+                )?;
                 buffer.log = Some(log);
-                replay_stats = (replay.writes.len() as u64, replay.bad_records);
+                replay_stats = (replay.writes.len() as u64, replay.bad_records + bad_letters);
+                damage = replay.damage;
                 let now = tokio::time::Instant::now();
                 for write in replay.writes {
                     buffer.push(write, now);
                 }
                 buffer.flush_target = buffer.last_seq();
-                Some((journal, config.encode))
+                (Some((journal, config.encode)), letters)
             }
-            None => None,
+            None => (
+                None,
+                DeadLetters::in_memory(self.max_dead_letters, self.sink),
+            ),
         };
-        let replayed_up_to = buffer.last_seq();
         let shared = Arc::new(Shared {
             store: self.store,
             config: self.config,
@@ -186,10 +217,10 @@ impl<S: Store> WriteBehindBuilder<S> {
             done: watch::Sender::new(0),
             stopped: watch::Sender::new(false),
             counters: Counters::default(),
-            sink: self.sink,
-            kept: Mutex::new(Vec::new()),
+            letters,
             journal,
-            replayed_up_to,
+            damage,
+            held: AtomicBool::new(false),
         });
         Counters::add(&shared.counters.replayed, replay_stats.0);
         Counters::add(&shared.counters.bad_journal_records, replay_stats.1);
@@ -219,8 +250,9 @@ where
     /// The journal is a series of 4 MiB segment files, each written out in
     /// full when it is created (so a full disk is an error then, not later)
     /// and memory-mapped while it is appended to. One journal directory
-    /// belongs to one `WriteBehind` at a time, and other programs must not
-    /// modify or truncate its files.
+    /// belongs to one `WriteBehind` at a time (`build` locks it), and other
+    /// programs must not modify or truncate its files. Dead letters are
+    /// kept durably in the same directory (see [`WriteBehind`]).
     pub fn journal(mut self, dir: impl Into<PathBuf>, policy: SyncPolicy) -> Self {
         self.journal = Some(JournalConfig {
             dir: dir.into(),

@@ -1,42 +1,60 @@
 //! The flusher task: takes batches from the buffer when a trigger fires
-//! and writes them to the store, retrying with back-off, dead-lettering
-//! what never goes through.
+//! and writes them to the store, retrying with back-off, isolating the
+//! writes of a failed batch, holding them through an outage and
+//! dead-lettering what the store refuses.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::buffer::Batch;
-use super::dead_letter::DeadLetter;
+use super::dead_letter::{DeadLetter, Refusal};
 use super::stats::Counters;
 use super::Shared;
-use crate::store::Store;
+use crate::store::{Store, Write};
+use crate::{Error, Result};
 
-/// Runs until the layer is closed and its buffer is empty.
+/// Runs until the layer is closed and its buffer is empty (or, with a
+/// journal, closed while the store is down: the writes then stay in the
+/// journal for the next start).
 pub(super) async fn run<S: Store>(shared: Arc<Shared<S>>) {
     let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
     while let Some(batch) = next_batch(&shared).await {
-        write(&shared, batch, &mut rng).await;
-        let done = {
-            let mut buffer = shared.lock();
-            let done = buffer.finish_batch();
-            if let Some(log) = &mut buffer.log {
-                log.confirm(done);
-            }
-            done
-        };
+        if let Outcome::Held = write(&shared, batch, &mut rng).await {
+            shared.held.store(true, Ordering::Release);
+            break;
+        }
+        let done = shared.lock().finish_batch();
+        let mut hold = false;
         if let Some((journal, _)) = &shared.journal {
             if let Err(error) = journal.confirm(done) {
-                // The records stay and are replayed (again) on the next
-                // start: writes are idempotent, so that is safe.
+                // The segment stays and is replayed (again) on the next
+                // start, with everything after it: writes are idempotent
+                // and replayed in order, so that is safe.
                 tracing::warn!(%error, "write-behind journal: could not drop confirmed records");
+                hold = true;
             }
+        }
+        if let Some(log) = &mut shared.lock().log {
+            log.confirm(done, hold);
         }
         shared.done.send_replace(done);
         shared.room.notify_waiters();
     }
     shared.stopped.send_replace(true);
+    // Wake `flush` callers: with writes held, they are told so.
+    shared.done.send_modify(|_| ());
+}
+
+/// What became of a batch.
+enum Outcome {
+    /// In the store, or handed to the dead-letter destination.
+    Done,
+    /// The layer was closed while the store was down: the writes stay in
+    /// the journal, unconfirmed.
+    Held,
 }
 
 /// Forces the journal to the disk every `interval` while the layer lives
@@ -94,43 +112,139 @@ async fn next_batch<S: Store>(shared: &Shared<S>) -> Option<Batch<S::Key, S::Val
     }
 }
 
-/// Writes one batch, retrying transient errors with exponential back-off
-/// and jitter; hands it to the dead-letter sink when it never goes through.
-async fn write<S: Store>(shared: &Shared<S>, batch: Batch<S::Key, S::Value>, rng: &mut u64) {
+/// Writes one batch. A failing batch is retried (transient errors) with
+/// exponential back-off and jitter up to the retry budget; then each of
+/// its writes is tried alone, so one bad write does not fail the others.
+/// A write the store refuses for good, or that fails alone while others
+/// go through, goes to the dead-letter destination. When nothing goes
+/// through at all the store is down: with a journal the writes are held
+/// and retried at the back-off cap for as long as it takes (an outage
+/// never turns acknowledged writes into dead letters); without one they
+/// are dead-lettered, as are writes the destination has no room for
+/// once it has room.
+async fn write<S: Store>(
+    shared: &Shared<S>,
+    batch: Batch<S::Key, S::Value>,
+    rng: &mut u64,
+) -> Outcome {
     let config = &shared.config;
-    let count = batch.writes.len() as u64;
+    let mut writes = batch.writes;
     let mut attempts = 0;
     loop {
-        attempts += 1;
-        match shared.store.write_batch(batch.writes.clone()).await {
+        let error = match attempt(shared, &writes, &mut attempts, rng).await {
+            Ok(()) => return Outcome::Done,
+            Err(error) => error,
+        };
+        let tried = writes.len();
+        let failed = if tried == 1 {
+            writes.into_iter().map(|w| (w, error.clone())).collect()
+        } else {
+            isolate(shared, writes).await
+        };
+        let store_is_up = failed.len() < tried;
+        let alone = u32::from(tried > 1); // each write's own attempt
+        let mut held = Vec::new();
+        for (write, error) in failed {
+            let outage = error.is_transient() && !store_is_up && shared.journal.is_some();
+            if outage {
+                held.push(write);
+                continue;
+            }
+            let closing = shared.lock().closed;
+            let letter = DeadLetter {
+                writes: vec![write],
+                error,
+                attempts: attempts + alone,
+            };
+            // Shutting down without a journal, memory is the last place.
+            let force = closing && shared.journal.is_none();
+            match shared.letters.accept(letter, force) {
+                Ok(()) => {
+                    tracing::warn!(
+                        attempts = attempts + alone,
+                        "write-behind write dead-lettered"
+                    );
+                    Counters::add(&shared.counters.dead_lettered, 1);
+                }
+                Err((letter, refusal)) => {
+                    match refusal {
+                        Refusal::Full => tracing::warn!(
+                            "write-behind: the dead letters are at their limit; holding the write"
+                        ),
+                        Refusal::Log(error) => tracing::warn!(
+                            %error,
+                            "write-behind: the dead-letter log cannot take a write; holding it"
+                        ),
+                    }
+                    held.extend(letter.writes);
+                }
+            }
+        }
+        if held.is_empty() {
+            return Outcome::Done;
+        }
+        if shared.journal.is_some() && shared.lock().closed {
+            return Outcome::Held;
+        }
+        Counters::add(&shared.counters.held_retries, 1);
+        tracing::warn!(
+            writes = held.len(),
+            "write-behind: the store takes nothing; holding the writes and retrying"
+        );
+        tokio::time::sleep(backoff(config.max_backoff, config.max_backoff, 1, rng)).await;
+        writes = held;
+    }
+}
+
+/// Tries `writes` as one batch, retrying transient errors up to the
+/// budget; counts the attempts in `attempts`.
+async fn attempt<S: Store>(
+    shared: &Shared<S>,
+    writes: &[Write<S::Key, S::Value>],
+    attempts: &mut u32,
+    rng: &mut u64,
+) -> Result<()> {
+    let config = &shared.config;
+    let count = writes.len() as u64;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        *attempts += 1;
+        match shared.store.write_batch(writes.to_vec()).await {
             Ok(_) => {
                 Counters::add(&shared.counters.batches, 1);
                 Counters::add(&shared.counters.written, count);
-                return;
+                return Ok(());
             }
-            Err(error) if error.is_transient() && attempts <= config.max_retries => {
+            Err(error) if error.is_transient() && tries <= config.max_retries => {
                 Counters::add(&shared.counters.retries, 1);
-                tracing::debug!(%error, attempts, "write-behind batch failed; retrying");
-                tokio::time::sleep(backoff(
-                    config.base_backoff,
-                    config.max_backoff,
-                    attempts,
-                    rng,
-                ))
-                .await;
+                tracing::debug!(%error, tries, "write-behind batch failed; retrying");
+                tokio::time::sleep(backoff(config.base_backoff, config.max_backoff, tries, rng))
+                    .await;
             }
-            Err(error) => {
-                tracing::warn!(%error, attempts, writes = count, "write-behind batch dead-lettered");
-                Counters::add(&shared.counters.dead_lettered, count);
-                shared.dead_letter(DeadLetter {
-                    writes: batch.writes,
-                    error,
-                    attempts,
-                });
-                return;
-            }
+            Err(error) => return Err(error),
         }
     }
+}
+
+/// Tries each write alone (as Hazelcast retries a failed `storeAll` entry
+/// by entry); returns those that failed, with their errors.
+async fn isolate<S: Store>(
+    shared: &Shared<S>,
+    writes: Vec<Write<S::Key, S::Value>>,
+) -> Vec<(Write<S::Key, S::Value>, Error)> {
+    let mut failed = Vec::new();
+    for write in writes {
+        match shared.store.write_batch(vec![write.clone()]).await {
+            Ok(_) => {
+                Counters::add(&shared.counters.batches, 1);
+                Counters::add(&shared.counters.written, 1);
+            }
+            Err(error) => failed.push((write, error)),
+        }
+    }
+    Counters::add(&shared.counters.isolations, 1);
+    failed
 }
 
 /// The wait before attempt `attempts + 1`: doubling from `base` up to

@@ -9,6 +9,7 @@ mod journal;
 mod stats;
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -18,9 +19,9 @@ use tokio::time::Instant;
 use self::buffer::{Buffer, Buffered};
 pub use self::builder::{WhenFull, WriteBehindBuilder};
 pub use self::dead_letter::DeadLetter;
-use self::dead_letter::DeadLetterSink;
-pub use self::journal::SyncPolicy;
+use self::dead_letter::DeadLetters;
 use self::journal::{EncodeFn, Journal};
+pub use self::journal::{JournalDamage, SyncPolicy};
 use self::stats::Counters;
 pub use self::stats::WriteBehindStats;
 use crate::store::{Store, Write};
@@ -57,13 +58,15 @@ struct Shared<S: Store> {
     /// The flusher has drained the buffer and stopped.
     stopped: watch::Sender<bool>,
     counters: Counters,
-    sink: Option<DeadLetterSink<S::Key, S::Value>>,
-    kept: Mutex<Vec<DeadLetter<S::Key, S::Value>>>,
+    /// Where writes the store would not take go.
+    letters: DeadLetters<S::Key, S::Value>,
     /// The journal, and how writes are encoded for it.
     journal: Option<Journalled<S::Key, S::Value>>,
-    /// New writes wait until the writes replayed from the journal up to
-    /// this sequence are done.
-    replayed_up_to: u64,
+    /// What the journal found damaged at start.
+    damage: Vec<JournalDamage>,
+    /// The flusher stopped with writes held in the journal (closed while
+    /// the store was down).
+    held: AtomicBool,
 }
 
 impl<S: Store> Shared<S> {
@@ -71,18 +74,6 @@ impl<S: Store> Shared<S> {
         // Buffer updates run no user code, so a poisoned lock still holds a
         // consistent buffer.
         self.buffer.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn dead_letter(&self, letter: DeadLetter<S::Key, S::Value>) {
-        match &self.sink {
-            Some(sink) => sink(letter),
-            None => {
-                self.kept
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(letter);
-            }
-        }
     }
 }
 
@@ -108,8 +99,25 @@ impl<S: Store> Shared<S> {
 ///   already pending always fits.
 /// - **Nothing silently dropped.** A failing batch is retried (transient
 ///   errors only) with exponential back-off and jitter, up to a limit;
-///   then its writes go to the dead-letter sink, by default kept for
-///   [`take_dead_letters`] and counted in [`stats`].
+///   then each of its writes is tried alone, so one bad write cannot fail
+///   its batch. A write the store refuses for good
+///   ([`ErrorKind::Refused`](crate::ErrorKind::Refused), a codec error), or that fails alone while
+///   the others go through, becomes a [`DeadLetter`]. When none goes
+///   through, the store is down: with a journal the writes are **held**
+///   and retried at the back-off cap for as long as the outage lasts (an
+///   outage never turns acknowledged writes into dead letters; writers
+///   feel it as backpressure once the buffer is full); without one they
+///   are dead-lettered.
+/// - **Dead letters are kept, bounded.** They wait for
+///   [`take_dead_letters`] or [`replay_dead_letters`] (and are counted in
+///   [`stats`]); with a journal they are in a durable log in its directory
+///   (`dead-letters.log`, forced to the disk before the journal lets go of
+///   the writes) and are read back after a restart. At most
+///   [`max_dead_letters`](WriteBehindBuilder::max_dead_letters) writes are
+///   kept; past that the flusher holds the writes and retries them until
+///   there is room, rather than drop one. A
+///   [`dead_letter_sink`](WriteBehindBuilder::dead_letter_sink) is told of
+///   each letter (without a journal it takes them instead of the layer).
 ///
 /// Positions returned by writes are this layer's own acknowledgement
 /// sequence (they grow with every write), not the store's.
@@ -124,10 +132,37 @@ impl<S: Store> Shared<S> {
 /// cache at once, so no system call per write), and the next `build` over the
 /// same directory replays what the store had not confirmed before it
 /// accepts new writes: a crash of the process, even `SIGKILL`, loses no
-/// acknowledged write (tested with 20 kills of a child process). What a
-/// power loss may take is the [`SyncPolicy`]'s choice. A record torn by
-/// the crash is reported ([`WriteBehindStats::bad_journal_records`]) and
-/// not applied; it was never acknowledged.
+/// acknowledged write (tested with 20 kills of a child process, and with
+/// 20 kills during a store outage far longer than the retry budget,
+/// followed by one start over a healthy store). New writes are accepted
+/// at once after a start, also while the replayed ones cannot reach the
+/// store: they coalesce over the replayed writes of their keys, in order.
+/// Recovery makes progress as it goes: each replayed segment is deleted
+/// once the store has its writes, so a crash loop over a long backlog does
+/// not start over each time.
+///
+/// What a power loss may take is the [`SyncPolicy`]'s choice:
+/// [`EveryWrite`](SyncPolicy::EveryWrite) nothing acknowledged (and
+/// after a failed `fsync` no further write is acknowledged until the layer
+/// is rebuilt, since the kernel may have dropped the pages it could not
+/// write); [`Interval`](SyncPolicy::Interval) the writes of the last
+/// interval; [`Os`](SyncPolicy::Os) whatever the OS had not written back.
+/// A crash of the process alone loses nothing under any of them.
+///
+/// Damage is reported, never applied: a torn append, a flipped bit, a
+/// zeroed page in the middle of a segment, a damaged checkpoint. Each
+/// damaged range is skipped up to the next good record (so the writes
+/// after it are still replayed), counted in
+/// [`WriteBehindStats::bad_journal_records`], logged, and listed by
+/// [`journal_damage`](WriteBehind::journal_damage) (which file, which
+/// bytes); a damaged checkpoint replays its segment from the first record.
+/// A crash mid-append leaves at most one torn record, never acknowledged;
+/// other damage may cost acknowledged writes, and that is what the report
+/// is for. Files the journal did not name are ignored with a warning.
+///
+/// One directory serves one layer: `build` takes an exclusive lock on it
+/// and fails with [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable), naming the directory,
+/// while another layer (in this process or another) holds it.
 ///
 /// Dropping the layer without [`shutdown`] starts the drain in the
 /// background and never blocks; what has not reached the store by the
@@ -146,6 +181,7 @@ impl<S: Store> Shared<S> {
 /// [`flush`]: WriteBehind::flush
 /// [`shutdown`]: WriteBehind::shutdown
 /// [`take_dead_letters`]: WriteBehind::take_dead_letters
+/// [`replay_dead_letters`]: WriteBehind::replay_dead_letters
 /// [`stats`]: WriteBehind::stats
 ///
 /// ```
@@ -202,28 +238,67 @@ impl<S: Store> WriteBehind<S> {
                 .unwrap_or_default();
             (buffer.len() as u64, journal)
         };
-        self.shared.counters.snapshot(buffered, journal)
+        let kept = self.shared.letters.len() as u64;
+        self.shared.counters.snapshot(buffered, journal, kept)
     }
 
-    /// Takes the dead letters kept so far (none when a sink was given), for
-    /// inspection or replay with `write_batch`.
-    pub fn take_dead_letters(&self) -> Vec<DeadLetter<S::Key, S::Value>> {
-        std::mem::take(
-            &mut *self
-                .shared
-                .kept
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        )
+    /// Takes the dead letters kept so far (without a journal, none when a
+    /// sink was given), for inspection or replay with `write_batch`; with
+    /// a journal they leave its durable log. Prefer
+    /// [`replay_dead_letters`](Self::replay_dead_letters) to replay them:
+    /// taken letters are the caller's to keep.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Backend`](crate::ErrorKind::Backend) if the durable log could not be rewritten; the
+    /// letters are then still kept.
+    pub fn take_dead_letters(&self) -> Result<Vec<DeadLetter<S::Key, S::Value>>> {
+        self.shared.letters.take(None)
+    }
+
+    /// A copy of the dead letters kept now, oldest first.
+    pub fn dead_letters(&self) -> Vec<DeadLetter<S::Key, S::Value>> {
+        self.shared.letters.peek()
+    }
+
+    /// Writes the kept dead letters again, as new acknowledged writes (so
+    /// they overwrite anything written to their keys since), and lets go
+    /// of them once the writes are buffered (and journalled): a crash in
+    /// between writes them twice, never loses one. Returns how many
+    /// writes were replayed.
+    ///
+    /// # Errors
+    ///
+    /// What a write returns (a full buffer, a shut-down layer), or
+    /// [`ErrorKind::Backend`](crate::ErrorKind::Backend) if the durable log could not be rewritten; the
+    /// letters are then still kept (and replayed again by the next call).
+    pub async fn replay_dead_letters(&self) -> Result<usize> {
+        let letters = self.shared.letters.peek();
+        let writes: Vec<_> = letters.iter().flat_map(|l| l.writes.clone()).collect();
+        if writes.is_empty() {
+            return Ok(0);
+        }
+        self.buffer(writes.clone()).await?;
+        self.shared.letters.take(Some(letters.len()))?;
+        Ok(writes.len())
+    }
+
+    /// The damage the journal found when the layer was built (empty
+    /// without a journal, or when there was none).
+    pub fn journal_damage(&self) -> &[JournalDamage] {
+        &self.shared.damage
     }
 
     /// Waits until every write acknowledged before the call is done: in
-    /// the store, or handed to the dead-letter sink after its retries.
+    /// the store, or handed to the dead-letter destination. While the
+    /// store is down (and the layer has a journal) that is when it is back.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) if the flusher is gone (its task was
-    /// aborted, for example because the runtime is shutting down).
+    /// aborted, for example because the runtime is shutting down), or the
+    /// layer was shut down while the store was down: the writes are then
+    /// in the journal, and the next `build` over it replays them.
     pub async fn flush(&self) -> Result<()> {
         let target = {
             let mut buffer = self.shared.lock();
@@ -231,11 +306,21 @@ impl<S: Store> WriteBehind<S> {
             buffer.last_seq()
         };
         self.shared.wake.notify_one();
+        let held = || self.shared.held.load(Ordering::Acquire);
         let mut done = self.shared.done.subscribe();
-        done.wait_for(|&done| done >= target)
+        let reached = done
+            .wait_for(|&done| done >= target || held())
             .await
-            .map(|_| ())
-            .map_err(|_| Error::unavailable(COMPONENT, "the flusher task is gone"))
+            .map(|done| *done >= target)
+            .map_err(|_| Error::unavailable(COMPONENT, "the flusher task is gone"))?;
+        if reached {
+            Ok(())
+        } else {
+            Err(Error::unavailable(
+                COMPONENT,
+                "shut down while the store was down: the writes are held in the journal for the next start",
+            ))
+        }
     }
 
     /// Stops accepting writes, writes out everything buffered, and returns
@@ -296,10 +381,6 @@ impl<S: Store> WriteBehind<S> {
         let Some(pending) = writes.as_ref() else {
             return Ok(None);
         };
-        if *shared.done.borrow() < shared.replayed_up_to {
-            // Writes replayed from the journal go to the store first.
-            return Ok(None);
-        }
         let new_keys = count_new_keys(&buffer, pending);
         let fits = buffer.len() + new_keys <= shared.config.max_buffered
             // A batch larger than the whole bound goes in alone.

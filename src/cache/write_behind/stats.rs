@@ -14,6 +14,8 @@ pub(super) struct Counters {
     pub(super) rejected_full: AtomicU64,
     pub(super) replayed: AtomicU64,
     pub(super) bad_journal_records: AtomicU64,
+    pub(super) isolations: AtomicU64,
+    pub(super) held_retries: AtomicU64,
 }
 
 impl Counters {
@@ -21,7 +23,12 @@ impl Counters {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub(super) fn snapshot(&self, buffered: u64, journal: JournalBytes) -> WriteBehindStats {
+    pub(super) fn snapshot(
+        &self,
+        buffered: u64,
+        journal: JournalBytes,
+        dead_letters_kept: u64,
+    ) -> WriteBehindStats {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         WriteBehindStats {
             acknowledged: load(&self.acknowledged),
@@ -34,6 +41,9 @@ impl Counters {
             rejected_full: load(&self.rejected_full),
             replayed: load(&self.replayed),
             bad_journal_records: load(&self.bad_journal_records),
+            isolated_batches: load(&self.isolations),
+            held_retries: load(&self.held_retries),
+            dead_letters_kept,
             buffered,
             journal_bytes_appended: journal.appended,
             journal_bytes_unconfirmed: journal.unconfirmed,
@@ -56,16 +66,28 @@ pub struct WriteBehindStats {
     pub written: u64,
     /// Batch attempts that failed and were tried again.
     pub retries: u64,
-    /// Writes handed to the dead-letter sink after every attempt failed.
+    /// Writes that became dead letters (refused by the store, or failing
+    /// alone after every attempt).
     pub dead_lettered: u64,
+    /// Dead letters' writes kept now (in the durable log, with a journal),
+    /// waiting for `take_dead_letters` or `replay_dead_letters`.
+    pub dead_letters_kept: u64,
+    /// Failed batches whose writes were then tried one by one.
+    pub isolated_batches: u64,
+    /// Rounds of retries past the budget for writes held because the
+    /// store took none of them (an outage, with a journal) or the
+    /// dead-letter destination was full.
+    pub held_retries: u64,
     /// Writes that waited for room in a full buffer.
     pub waited_for_room: u64,
     /// Writes refused because the buffer was full.
     pub rejected_full: u64,
     /// Writes read back from the journal at start and sent to the store.
     pub replayed: u64,
-    /// Journal records found torn or corrupted at start: reported, not
-    /// applied (a crash mid-append leaves at most one, unacknowledged).
+    /// Damaged journal ranges and undecodable records found at start
+    /// (also in the dead-letter log): reported, not applied (a crash
+    /// mid-append leaves at most one, unacknowledged). Where they are:
+    /// [`WriteBehind::journal_damage`](super::WriteBehind::journal_damage).
     pub bad_journal_records: u64,
     /// Entries buffered now (pending, plus the batch in flight).
     pub buffered: u64,

@@ -61,7 +61,16 @@ pub(super) enum Location {
 }
 
 fn backend(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
-    move |source| Error::backend("sqlite", operation, source)
+    move |source| {
+        use rusqlite::ErrorCode::{ConstraintViolation, TooBig, TypeMismatch};
+        match source.sqlite_error_code() {
+            // The data itself is refused: the same write fails again.
+            Some(TooBig | ConstraintViolation | TypeMismatch) => {
+                Error::refused("sqlite", operation, source)
+            }
+            _ => Error::backend("sqlite", operation, source),
+        }
+    }
 }
 
 struct Statements {

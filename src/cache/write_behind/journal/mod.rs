@@ -9,7 +9,13 @@
 //! process; the [`SyncPolicy`] says when the file is also forced to the
 //! disk, which a power loss needs. As the store confirms writes, the
 //! active segment's checkpoint moves past them, and closed segments whose
-//! writes are all confirmed are deleted.
+//! writes are all confirmed are deleted, oldest first.
+//!
+//! One directory belongs to one journal: opening takes an exclusive lock
+//! (`flock`) on its `lock` file, held until the journal is dropped, so a
+//! second layer or a second process (a rolling deploy) over the same
+//! directory is refused instead of replaying and deleting the first one's
+//! live segments.
 
 mod record;
 mod segment;
@@ -27,10 +33,32 @@ use tokio::sync::Notify;
 use super::stats::JournalBytes;
 use crate::{Error, Result};
 
-pub(super) use record::{decode, encode, frame, DecodeFn, EncodeFn};
+pub(super) use record::{decode, encode, frame, frame_with, parse, DecodeFn, EncodeFn};
 use segment::Active;
 
 const COMPONENT: &str = "WriteBehind journal";
+
+/// The lock file's name.
+const LOCK: &str = "lock";
+
+/// Files in the directory that are the journal's own but not segments.
+const OWN_FILES: &[&str] = &[LOCK, super::dead_letter::FILE, super::dead_letter::REWRITE];
+
+/// Damage found in the journal at start: which file, which bytes, what.
+/// The writes inside a damaged range are not applied (they cannot be
+/// read); the records after it are. Also counted in
+/// [`WriteBehindStats::bad_journal_records`](super::WriteBehindStats::bad_journal_records)
+/// and logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JournalDamage {
+    /// The segment file.
+    pub segment: PathBuf,
+    /// The damaged bytes, as offsets in the file.
+    pub bytes: std::ops::Range<u64>,
+    /// What is wrong there.
+    pub what: &'static str,
+}
 
 /// When the journal forces appended records to the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +83,9 @@ struct Closed {
     last_seq: u64,
     /// Its file while it may hold records not yet forced to the disk.
     unsynced: Option<Arc<File>>,
+    /// [`Journal::appended`] when it was closed: a sync that started
+    /// before that may not cover its last records.
+    appended_end: u64,
 }
 
 /// What syncing and deleting need, behind the journal's own lock.
@@ -67,15 +98,21 @@ struct Files {
     synced: u64,
     /// A writer is forcing the files to the disk for everyone.
     syncing: bool,
+    /// An `fsync` failed: the kernel may have dropped the pages whose
+    /// write-back failed and report the next `fsync` clean, so no later
+    /// sync may acknowledge anything (until a restart re-reads the files).
+    sync_failed: Option<Error>,
 }
 
 /// What a replay found.
 #[derive(Debug)]
 pub(super) struct Replay<K, V> {
     pub(super) writes: Vec<crate::store::Write<K, V>>,
-    /// Records that failed their checksum or did not decode (a torn tail
-    /// after a crash, or corruption): reported, not applied.
+    /// Damaged ranges, and records that did not decode (a torn tail after
+    /// a crash, or corruption): reported, not applied.
     pub(super) bad_records: u64,
+    /// Where each damaged range is.
+    pub(super) damage: Vec<JournalDamage>,
 }
 
 /// The journal's shared half: syncing, deleting confirmed segments, and
@@ -83,6 +120,8 @@ pub(super) struct Replay<K, V> {
 #[derive(Debug)]
 pub(super) struct Journal {
     dir: PathBuf,
+    /// Holds the directory's lock while the journal lives.
+    _lock: File,
     policy: SyncPolicy,
     files: Mutex<Files>,
     /// Bytes appended since open: the tickets [`durable`](Self::durable)
@@ -107,6 +146,9 @@ pub(super) struct Appender {
     /// Bytes appended since open, and of those, bytes of confirmed writes.
     appended: u64,
     confirmed: u64,
+    /// Where the active segment's checkpoint may move once no confirmed
+    /// segment is stuck.
+    checkpoint: Option<usize>,
 }
 
 /// Where a group of appended records ends.
@@ -125,6 +167,30 @@ fn io_error(operation: &'static str, error: io::Error) -> Error {
     Error::backend("journal", operation, error)
 }
 
+/// Takes the directory's exclusive lock, or says who holds it.
+fn lock(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_error("open the lock file", e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(crate::ErrorKind::Unavailable {
+            component: COMPONENT,
+            reason: format!(
+                "the journal directory {} is in use by another WriteBehind (in this or another process); one directory serves one layer at a time",
+                dir.display()
+            ),
+            source: None,
+        }
+        .into()),
+        Err(fs::TryLockError::Error(e)) => Err(io_error("lock the directory", e)),
+    }
+}
+
 fn remove(dir: &Path, id: u64) -> Result<()> {
     match fs::remove_file(segment::path(dir, id)) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error("remove a segment", e)),
@@ -141,53 +207,68 @@ impl Journal {
         decode: DecodeFn<K, V>,
     ) -> Result<(Journal, Appender, Replay<K, V>)> {
         fs::create_dir_all(dir).map_err(|e| io_error("create directory", e))?;
+        let lock = lock(dir)?;
         let mut writes = Vec::new();
         let mut bad_records = 0;
+        let mut damage = Vec::new();
         let mut left = Vec::new();
         let ids = segment::ids(dir)?;
         for &id in &ids {
             let path = segment::path(dir, id);
-            let (records, torn) = segment::read(&path)?;
-            if torn {
+            let found = segment::read(&path)?;
+            for (bytes, what) in found.damage.iter().cloned() {
                 bad_records += 1;
-                tracing::warn!(path = %path.display(), "journal: a torn or corrupted record was found and not applied");
+                tracing::warn!(
+                    path = %path.display(),
+                    from = bytes.start,
+                    to = bytes.end,
+                    what,
+                    "journal: damaged bytes found; the writes in them are not applied"
+                );
+                damage.push(JournalDamage {
+                    segment: path.clone(),
+                    bytes,
+                    what,
+                });
             }
-            if records.is_empty() && !torn {
+            if found.payloads.is_empty() && found.damage.is_empty() {
                 remove(dir, id)?; // everything in it was confirmed
                 continue;
             }
-            for record in records {
+            for record in found.payloads {
                 match decode(&record) {
                     Ok(write) => writes.push(write),
                     Err(error) => {
                         bad_records += 1;
-                        tracing::warn!(%error, "journal: a record did not decode and was not applied");
+                        tracing::warn!(%error, path = %path.display(), "journal: a record did not decode and was not applied");
                     }
                 }
             }
-            left.push(id);
+            // The segment goes once the store has its writes (sequences
+            // are given to the replayed writes in order), so a crash loop
+            // over a long backlog makes progress segment by segment.
+            left.push((id, writes.len() as u64));
         }
-        // The segments left hold the replayed writes: they go once the
-        // store has them, that is once the first `writes.len()` sequences
-        // are done.
-        let replayed = writes.len() as u64;
         let closed = left
             .into_iter()
-            .map(|id| Closed {
+            .map(|(id, last_seq)| Closed {
                 id,
-                last_seq: replayed,
+                last_seq,
                 unsynced: None,
+                appended_end: 0,
             })
             .collect();
         let active = Active::create(dir, ids.last().map_or(0, |id| id + 1), 0)?;
         let journal = Journal {
             dir: dir.to_path_buf(),
+            _lock: lock,
             policy,
             files: Mutex::new(Files {
                 active: Arc::clone(active.file()),
                 closed,
                 synced: 0,
                 syncing: false,
+                sync_failed: None,
             }),
             appended: AtomicU64::new(0),
             progress: Notify::new(),
@@ -198,6 +279,7 @@ impl Journal {
             scratch: Vec::new(),
             appended: 0,
             confirmed: 0,
+            checkpoint: None,
         };
         Ok((
             journal,
@@ -205,6 +287,7 @@ impl Journal {
             Replay {
                 writes,
                 bad_records,
+                damage,
             },
         ))
     }
@@ -229,6 +312,9 @@ impl Journal {
             let progress = self.progress.notified();
             let leads = {
                 let mut files = self.files();
+                if let Some(error) = &files.sync_failed {
+                    return Err(error.clone());
+                }
                 if files.synced >= ticket {
                     return Ok(());
                 }
@@ -249,6 +335,9 @@ impl Journal {
     pub(super) async fn sync(&self) -> Result<()> {
         let (files, upto) = {
             let files = self.files();
+            if let Some(error) = &files.sync_failed {
+                return Err(error.clone());
+            }
             // Everything counted here is already in the files' pages.
             let upto = self.appended.load(Ordering::Acquire);
             if files.synced >= upto {
@@ -263,17 +352,29 @@ impl Journal {
             (unsynced, upto)
         };
         let synced = files.clone();
-        tokio::task::spawn_blocking(move || files.iter().try_for_each(|file| file.sync_data()))
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e)))
-            .map_err(|e| io_error("sync", e))?;
+        let outcome =
+            tokio::task::spawn_blocking(move || files.iter().try_for_each(|file| file.sync_data()))
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)));
         let mut files = self.files();
+        if let Err(e) = outcome {
+            let error = Error::from(crate::ErrorKind::Unavailable {
+                component: COMPONENT,
+                reason: "an fsync of the journal failed: nothing more is acknowledged until the layer is rebuilt (the journal is re-read then)".into(),
+                source: Some(Arc::new(e)),
+            });
+            files.sync_failed = Some(error.clone());
+            return Err(error);
+        }
         files.synced = files.synced.max(upto);
         for closed in &mut files.closed {
-            if closed
-                .unsynced
-                .as_ref()
-                .is_some_and(|file| synced.iter().any(|s| Arc::ptr_eq(s, file)))
+            // A segment closed after the sync began may hold records the
+            // sync did not cover: it stays unsynced for the next one.
+            if closed.appended_end <= upto
+                && closed
+                    .unsynced
+                    .as_ref()
+                    .is_some_and(|file| synced.iter().any(|s| Arc::ptr_eq(s, file)))
             {
                 closed.unsynced = None;
             }
@@ -282,13 +383,19 @@ impl Journal {
     }
 
     /// The store has every write up to `done`: delete the closed segments
-    /// that hold nothing newer.
+    /// that hold nothing newer, oldest first. If one cannot be removed,
+    /// it and every segment after it stay (removal is retried on the next
+    /// confirmation), and the caller must hold the active segment's
+    /// checkpoint: a restart then replays it and everything after it in
+    /// order, never its old values over newer ones.
     pub(super) fn confirm(&self, done: u64) -> Result<()> {
         let mut files = self.files();
-        while files.closed.front().is_some_and(|s| s.last_seq <= done) {
-            if let Some(segment) = files.closed.pop_front() {
-                remove(&self.dir, segment.id)?;
+        while let Some(segment) = files.closed.front() {
+            if segment.last_seq > done {
+                break;
             }
+            remove(&self.dir, segment.id)?;
+            files.closed.pop_front();
         }
         Ok(())
     }
@@ -343,28 +450,33 @@ impl Appender {
                 id: full.id(),
                 last_seq: full.last_seq(),
                 unsynced: Some(Arc::clone(full.file())),
+                appended_end: self.appended,
             });
+            self.checkpoint = None; // it was the full segment's
             Ok(())
         }
     }
 
     /// The store has every write up to `done`: move the active segment's
-    /// checkpoint past their records. (Closed segments are deleted whole by
-    /// [`Journal::confirm`].)
-    pub(super) fn confirm(&mut self, done: u64) {
-        let mut checkpoint = None;
+    /// checkpoint past their records, unless `hold` (a confirmed closed
+    /// segment could not be removed: a restart must replay from it, so
+    /// the records after it must stay too). Closed segments are deleted
+    /// whole by [`Journal::confirm`].
+    pub(super) fn confirm(&mut self, done: u64, hold: bool) {
         while let Some(mark) = self.marks.front().copied() {
             if mark.seq > done {
                 break;
             }
             self.confirmed = mark.appended;
             if mark.segment == self.active.id() {
-                checkpoint = Some(mark.end);
+                self.checkpoint = Some(mark.end);
             }
             self.marks.pop_front();
         }
-        if let Some(offset) = checkpoint {
-            self.active.checkpoint(offset);
+        if !hold {
+            if let Some(offset) = self.checkpoint.take() {
+                self.active.checkpoint(offset);
+            }
         }
     }
 

@@ -28,9 +28,18 @@ pub(in crate::cache::write_behind) fn frame<K, V>(
     encode: EncodeFn<K, V>,
     out: &mut Vec<u8>,
 ) -> Result<()> {
+    frame_with(out, |out| encode(write, out))
+}
+
+/// Appends one record whose payload `payload` writes to `out`; on an
+/// error `out` is left as it was.
+pub(in crate::cache::write_behind) fn frame_with(
+    out: &mut Vec<u8>,
+    payload: impl FnOnce(&mut Vec<u8>) -> Result<()>,
+) -> Result<()> {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER]);
-    if let Err(error) = encode(write, out) {
+    if let Err(error) = payload(out) {
         out.truncate(start);
         return Err(error);
     }
@@ -50,36 +59,56 @@ pub(in crate::cache::write_behind) fn frame<K, V>(
 
 /// What [`parse`] found in a run of records.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct Parsed<'a> {
+pub(in crate::cache::write_behind) struct Parsed<'a> {
     /// The payloads of the good records, in order.
-    pub(super) payloads: Vec<&'a [u8]>,
-    /// A record failed its checksum or ran past the end (a torn write or
-    /// corruption): it and everything after it were not read.
-    pub(super) torn: bool,
+    pub(in crate::cache::write_behind) payloads: Vec<&'a [u8]>,
+    /// Byte ranges (from the start of the bytes parsed) that hold no good
+    /// record and are not the zeros after the last one: a torn append,
+    /// a flipped bit, a lost page. Reading resumes at the next good record
+    /// after each, so damage costs only the records inside it.
+    pub(in crate::cache::write_behind) damaged: Vec<std::ops::Range<usize>>,
 }
 
-/// Reads the records in `bytes` up to the first zero length or the end.
-pub(super) fn parse(bytes: &[u8]) -> Parsed<'_> {
+/// The length of the good record at `at`, if one starts there: a length
+/// that fits, at least a payload's smallest size, and a matching checksum.
+fn record_at(bytes: &[u8], at: usize) -> Option<usize> {
+    let header = bytes.get(at..at + HEADER)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if len < MIN_PAYLOAD {
+        return None;
+    }
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let payload = bytes.get(at + HEADER..at + HEADER + len)?;
+    (crc32fast::hash(payload) == crc).then_some(len)
+}
+
+/// The smallest payload: a kind byte and a key length.
+const MIN_PAYLOAD: usize = 5;
+
+/// Reads the records in `bytes` up to the zeros that end them. Anything
+/// else that is not a good record is damage: it is reported as a range
+/// and skipped up to the next good record (found by its checksum), so a
+/// zeroed page or a flipped bit in the middle never hides the records
+/// after it.
+pub(in crate::cache::write_behind) fn parse(bytes: &[u8]) -> Parsed<'_> {
     let mut parsed = Parsed::default();
     let mut at = 0;
     while at < bytes.len() {
-        let Some(header) = bytes.get(at..at + HEADER) else {
-            parsed.torn = bytes[at..].iter().any(|&b| b != 0);
-            break;
+        if let Some(len) = record_at(bytes, at) {
+            parsed.payloads.push(&bytes[at + HEADER..at + HEADER + len]);
+            at += HEADER + len;
+            continue;
+        }
+        let Some(last_nonzero) = bytes[at..].iter().rposition(|&b| b != 0) else {
+            break; // only zeros left: the end of the records
         };
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        if len == 0 {
-            break;
+        let end = at + last_nonzero + 1;
+        let next = (at + 1..end).find(|&next| record_at(bytes, next).is_some());
+        parsed.damaged.push(at..next.unwrap_or(end));
+        match next {
+            Some(next) => at = next,
+            None => break,
         }
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        match bytes.get(at + HEADER..at + HEADER + len) {
-            Some(payload) if crc32fast::hash(payload) == crc => parsed.payloads.push(payload),
-            _ => {
-                parsed.torn = true;
-                break;
-            }
-        }
-        at += HEADER + len;
     }
     parsed
 }
@@ -170,14 +199,14 @@ mod tests {
         let mut bytes = records(&writes);
         bytes.extend_from_slice(&[0; 64]);
         let parsed = parse(&bytes);
-        assert!(!parsed.torn);
+        assert!(parsed.damaged.is_empty());
         let back: Vec<Write<u64, String>> =
             parsed.payloads.iter().map(|p| decode(p).unwrap()).collect();
         assert_eq!(back, writes);
     }
 
     #[test]
-    fn a_torn_or_flipped_record_ends_the_read_and_is_reported() {
+    fn a_torn_or_flipped_record_is_reported_as_a_damaged_range() {
         let good = records(&[Write::Put(1, "one".to_string())]);
         let second = records(&[Write::Put(2, "two".to_string())]);
         let mut torn = [good.as_slice(), &second[..second.len() - 2]].concat();
@@ -185,12 +214,56 @@ mod tests {
         let mut flipped = [good.as_slice(), &second].concat();
         let last = flipped.len() - 1;
         flipped[last] ^= 0x40;
-        for bytes in [torn, flipped] {
+        // The damage runs from the bad record to its last non-zero byte.
+        let start = good.len();
+        for (bytes, end) in [
+            (torn, start + second.len() - 2),
+            (flipped, start + second.len()),
+        ] {
             let parsed = parse(&bytes);
-            assert!(parsed.torn);
+            assert_eq!(parsed.damaged, vec![start..end]);
             assert_eq!(parsed.payloads.len(), 1);
         }
         let half_header = [good.as_slice(), &[7, 0, 0]].concat();
-        assert!(parse(&half_header).torn);
+        assert_eq!(
+            parse(&half_header).damaged,
+            vec![good.len()..good.len() + 1]
+        );
+    }
+
+    #[test]
+    fn a_zeroed_run_between_records_is_damage_and_the_records_after_it_are_read() {
+        let first = records(&[Write::Put(1, "one".to_string())]);
+        let lost = records(&[Write::Put(2, "two".to_string())]);
+        let third = records(&[Write::Put(3, "three".to_string())]);
+        let zeroed = vec![0u8; lost.len()];
+        let mut bytes = [first.as_slice(), &zeroed, &third].concat();
+        bytes.extend_from_slice(&[0; 64]);
+        let parsed = parse(&bytes);
+        assert_eq!(
+            parsed.payloads.len(),
+            2,
+            "the record after the hole is read"
+        );
+        let keys: Vec<u64> = parsed
+            .payloads
+            .iter()
+            .map(|p| *decode::<u64, String>(p).unwrap().key())
+            .collect();
+        assert_eq!(keys, vec![1, 3]);
+        assert_eq!(parsed.damaged, vec![first.len()..first.len() + lost.len()]);
+    }
+
+    #[test]
+    fn a_flipped_bit_mid_run_skips_only_its_record() {
+        let writes: Vec<Write<u64, String>> = (0..5)
+            .map(|k| Write::Put(k, format!("value {k}")))
+            .collect();
+        let mut bytes = records(&writes);
+        let one = records(&writes[..1]).len();
+        bytes[2 * one + HEADER + 3] ^= 1; // inside the third record
+        let parsed = parse(&bytes);
+        assert_eq!(parsed.payloads.len(), 4);
+        assert_eq!(parsed.damaged, vec![2 * one..3 * one]);
     }
 }
