@@ -1,6 +1,7 @@
 //! Virtual buckets and online resharding.
 
 mod migration;
+mod steps;
 mod store;
 mod table;
 
