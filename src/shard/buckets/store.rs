@@ -128,8 +128,10 @@ where
     /// # Errors
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) for an empty pool,
-    /// a bad table (see [`BucketTable::balanced`]) or a stored table
-    /// naming a shard outside the pool; the meta store's errors.
+    /// a bad table (see [`BucketTable::balanced`]), or a stored table or
+    /// resharding naming a shard outside the pool;
+    /// [`ErrorKind::Codec`](crate::ErrorKind::Codec) for a corrupt record;
+    /// the meta store's errors.
     pub async fn open(
         shards: Vec<S>,
         meta: MetaStore,
@@ -173,12 +175,14 @@ where
                 table
             }
         };
-        let pool = store.inner.shards.len();
-        if (0..table.buckets()).any(|b| table.owner(b) >= pool) {
-            return Err(Error::config(
+        let outside = |what: &str, shard: usize| {
+            Error::config(
                 COMPONENT,
-                "the stored table names a shard outside the pool",
-            ));
+                format!("the stored {what} names shard {shard}, outside the pool of {pool_size}"),
+            )
+        };
+        if let Some(shard) = table.outside(pool_size) {
+            return Err(outside("table", shard));
         }
         let migration = match store.inner.meta.get(&store.migration_key()).await? {
             Some(bytes) => {
@@ -187,6 +191,8 @@ where
                     // Finished but for forgetting the record.
                     store.inner.meta.delete(&store.migration_key()).await?;
                     None
+                } else if let Some(shard) = migration.to.outside(pool_size) {
+                    return Err(outside("resharding", shard));
                 } else {
                     Some(Arc::new(migration))
                 }
