@@ -26,10 +26,17 @@ where
     S::Key: ShardKey,
     S::Value: Hash,
 {
-    async fn save_migration(&self, migration: &Migration) -> Result<()> {
+    /// Records the resharding at `phase` with `copied` buckets, before
+    /// the change is applied in memory.
+    async fn save_migration(
+        &self,
+        migration: &Migration,
+        phase: Phase,
+        copied: &[bool],
+    ) -> Result<()> {
         self.inner
             .meta
-            .put(self.migration_key(), migration.encode())
+            .put(self.migration_key(), migration.record(phase, copied))
             .await
             .map(|_| ())
     }
@@ -51,6 +58,7 @@ where
     /// resharding runs, or for shards outside the pool (or a bad table);
     /// the meta store's errors.
     pub async fn start_resharding(&self, shards: &[usize]) -> Result<ReshardingProgress> {
+        let _steps = self.inner.steps.lock().await;
         let _gate = self.inner.gate.write().await;
         let state = self.state();
         if state.migration.is_some() {
@@ -66,7 +74,9 @@ where
             ));
         }
         let migration = Migration::new(&state.table, state.table.rebalanced(shards)?);
-        self.save_migration(&migration).await?;
+        let copied = migration.copied().clone();
+        self.save_migration(&migration, Phase::Copying, &copied)
+            .await?;
         self.set_state(State {
             table: Arc::clone(&state.table),
             migration: Some(Arc::new(migration)),
@@ -79,13 +89,19 @@ where
     ///
     /// # Errors
     ///
-    /// The shards' errors (nothing is marked copied then: it is tried
-    /// again); [`ErrorKind::Backend`](crate::ErrorKind::Backend) if a
-    /// copy does not verify; a configuration error when no resharding
-    /// runs.
+    /// The shards' and the meta store's errors (nothing is marked copied
+    /// then: it is tried again);
+    /// [`ErrorKind::Backend`](crate::ErrorKind::Backend) if a copy does
+    /// not verify (its checksum differs from the old owner's);
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when no resharding
+    /// runs, or while one rolls back.
     pub async fn copy_next(&self) -> Result<bool> {
+        let _steps = self.inner.steps.lock().await;
         let state = self.state();
         let migration = self.migration()?;
+        if migration.phase() == Phase::RollingBack {
+            return Err(rolling_back());
+        }
         let from = &state.table;
         let next = {
             let copied = migration.copied();
@@ -168,55 +184,77 @@ where
                 std::io::Error::other(format!("bucket {bucket}: the copy's checksum differs")),
             ));
         }
+        let mut record = migration.copied().clone();
+        for &bucket in &buckets {
+            record[bucket] = true;
+        }
+        self.save_migration(&migration, migration.phase(), &record)
+            .await?;
         {
             let mut copied = migration.copied();
             for &bucket in &buckets {
                 copied[bucket] = true;
             }
         }
-        self.save_migration(&migration).await?;
         drop(guards);
         Ok(migration.left_to_copy() > 0)
     }
 
     /// Sends reads of the moved buckets to their new owners (writes still
-    /// go to both).
+    /// go to both), once the switch is recorded.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) while buckets are
-    /// left to copy, or when no resharding runs; the meta store's errors.
+    /// left to copy, when no resharding runs, or while one rolls back; the
+    /// meta store's errors (nothing switched then).
     pub async fn switch_reads(&self) -> Result<()> {
+        let _steps = self.inner.steps.lock().await;
         let migration = self.migration()?;
-        if migration.left_to_copy() > 0 {
-            return Err(Error::config(COMPONENT, "buckets are left to copy"));
+        match migration.phase() {
+            Phase::Copying => {
+                // No write in flight leaves a copy behind unseen.
+                let _gate = self.inner.gate.write().await;
+                if migration.left_to_copy() > 0 {
+                    return Err(Error::config(COMPONENT, "buckets are left to copy"));
+                }
+                let copied = migration.copied().clone();
+                self.save_migration(&migration, Phase::ReadsSwitched, &copied)
+                    .await?;
+                migration.set_phase(Phase::ReadsSwitched);
+                Ok(())
+            }
+            Phase::ReadsSwitched | Phase::WritesSwitched => Ok(()),
+            Phase::RollingBack => Err(rolling_back()),
         }
-        if migration.phase() < Phase::ReadsSwitched {
-            migration.set_phase(Phase::ReadsSwitched);
-            self.save_migration(&migration).await?;
-        }
-        Ok(())
     }
 
     /// Sends writes of the moved buckets to their new owners only (after
-    /// the writes in flight to both). No rollback after this.
+    /// the writes in flight to both), once the switch is recorded. No
+    /// rollback after this.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) before the reads
-    /// switched, or when no resharding runs; the meta store's errors.
+    /// switched, when no resharding runs, or while one rolls back; the
+    /// meta store's errors (nothing switched then).
     pub async fn switch_writes(&self) -> Result<()> {
+        let _steps = self.inner.steps.lock().await;
         let migration = self.migration()?;
-        if migration.phase() < Phase::ReadsSwitched {
-            return Err(Error::config(COMPONENT, "switch the reads first"));
+        match migration.phase() {
+            Phase::Copying => Err(Error::config(COMPONENT, "switch the reads first")),
+            Phase::ReadsSwitched => {
+                // No write in flight to both owners.
+                let _gate = self.inner.gate.write().await;
+                let copied = migration.copied().clone();
+                self.save_migration(&migration, Phase::WritesSwitched, &copied)
+                    .await?;
+                migration.set_phase(Phase::WritesSwitched);
+                Ok(())
+            }
+            Phase::WritesSwitched => Ok(()),
+            Phase::RollingBack => Err(rolling_back()),
         }
-        if migration.phase() == Phase::ReadsSwitched {
-            // No write in flight to both owners.
-            let _gate = self.inner.gate.write().await;
-            migration.set_phase(Phase::WritesSwitched);
-            self.save_migration(&migration).await?;
-        }
-        Ok(())
     }
 
     /// Removes the moved buckets' old copies, makes the new table current
@@ -225,13 +263,18 @@ where
     /// # Errors
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) before the writes
-    /// switched, or when no resharding runs; the stores' errors (run it
-    /// again: it resumes).
+    /// switched, when no resharding runs, or while one rolls back; the
+    /// stores' errors (run it again: it resumes).
     pub async fn clean_up(&self) -> Result<()> {
+        let _steps = self.inner.steps.lock().await;
         let state = self.state();
         let migration = self.migration()?;
-        if migration.phase() < Phase::WritesSwitched {
-            return Err(Error::config(COMPONENT, "switch the writes first"));
+        match migration.phase() {
+            Phase::WritesSwitched => {}
+            Phase::RollingBack => return Err(rolling_back()),
+            Phase::Copying | Phase::ReadsSwitched => {
+                return Err(Error::config(COMPONENT, "switch the writes first"))
+            }
         }
         self.remove_copies(&state.table, &migration, |bucket| state.table.owner(bucket))
             .await?;
@@ -289,36 +332,49 @@ where
         join_all(removals.collect()).await.into_iter().collect()
     }
 
-    /// Abandons the resharding before the writes switched: reads and
-    /// writes go to the old owners only, and the copies are removed.
+    /// Abandons the resharding before the writes switched: once
+    /// [`Phase::RollingBack`] is recorded, reads and writes go to the old
+    /// owners only; then the copies are removed and the record deleted.
+    /// A rollback cut short (by a shard's error, or a crash and a new
+    /// [`open`](Self::open)) is finished by calling it again.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) once the writes
-    /// switched, or when no resharding runs; the stores' errors (run it
-    /// again: it resumes).
+    /// switched, or when no resharding runs; the meta store's errors
+    /// before the phase is recorded (nothing changed then); the stores'
+    /// errors after it (run it again: it resumes).
     pub async fn roll_back(&self) -> Result<()> {
+        let _steps = self.inner.steps.lock().await;
         let state = self.state();
         let migration = self.migration()?;
-        if migration.phase() >= Phase::WritesSwitched {
-            return Err(Error::config(
-                COMPONENT,
-                "the writes switched already: finish instead",
-            ));
-        }
-        {
-            // Writes in flight to both owners finish first.
-            let _gate = self.inner.gate.write().await;
-            self.set_state(State {
-                table: Arc::clone(&state.table),
-                migration: None,
-            });
+        match migration.phase() {
+            Phase::WritesSwitched => {
+                return Err(Error::config(
+                    COMPONENT,
+                    "the writes switched already: finish instead",
+                ))
+            }
+            Phase::RollingBack => {}
+            Phase::Copying | Phase::ReadsSwitched => {
+                // Writes in flight to both owners finish first.
+                let _gate = self.inner.gate.write().await;
+                let copied = migration.copied().clone();
+                self.save_migration(&migration, Phase::RollingBack, &copied)
+                    .await?;
+                migration.set_phase(Phase::RollingBack);
+            }
         }
         self.remove_copies(&state.table, &migration, |bucket| {
             migration.to.owner(bucket)
         })
         .await?;
         self.inner.meta.delete(&self.migration_key()).await?;
+        // The same routing as `RollingBack`: no write can notice.
+        self.set_state(State {
+            table: Arc::clone(&state.table),
+            migration: None,
+        });
         Ok(())
     }
 
@@ -326,7 +382,8 @@ where
     ///
     /// # Errors
     ///
-    /// Any step's.
+    /// Any step's; [`ErrorKind::Config`](crate::ErrorKind::Config) while a
+    /// resharding rolls back.
     pub async fn reshard(&self, shards: &[usize]) -> Result<()> {
         if self.state().migration.is_none() {
             self.start_resharding(shards).await?;
@@ -334,15 +391,25 @@ where
         self.finish().await
     }
 
-    /// Finishes the resharding under way, from wherever it is.
+    /// Finishes the resharding under way, from wherever it is (a
+    /// rollback under way is finished by [`roll_back`](Self::roll_back)).
     ///
     /// # Errors
     ///
-    /// Any step's.
+    /// Any step's; [`ErrorKind::Config`](crate::ErrorKind::Config) while
+    /// the resharding rolls back.
     pub async fn finish(&self) -> Result<()> {
         while self.copy_next().await? {}
         self.switch_reads().await?;
         self.switch_writes().await?;
         self.clean_up().await
     }
+}
+
+/// The error of a step forwards while a rollback is under way.
+fn rolling_back() -> Error {
+    Error::config(
+        COMPONENT,
+        "a rollback is under way: run roll_back to finish it",
+    )
 }

@@ -29,9 +29,14 @@ pub(super) struct Inner<S> {
     name: String,
     state: RwLock<Arc<State>>,
     /// Every write holds it shared for its whole course; changes of the
-    /// routing state (a resharding's start, its write switch, its end)
-    /// hold it exclusively, so that no write straddles one.
+    /// routing state (a resharding's start, each change of its phase, a
+    /// clean-up's end) hold it exclusively, so that no write straddles
+    /// one. (A rollback's end changes no routing.)
     pub(super) gate: tokio::sync::RwLock<()>,
+    /// The resharding steps of this store run one at a time, so that
+    /// none sees the phase change under it (across processes, one
+    /// resharder at a time is the caller's to ensure).
+    pub(super) steps: tokio::sync::Mutex<()>,
     /// Per shard of the pool: keys routed to it, calls made to it.
     keys: Box<[AtomicU64]>,
     requests: Box<[AtomicU64]>,
@@ -159,6 +164,7 @@ where
                     migration: None,
                 })),
                 gate: tokio::sync::RwLock::new(()),
+                steps: tokio::sync::Mutex::new(()),
                 keys: (0..pool_size).map(|_| AtomicU64::new(0)).collect(),
                 requests: (0..pool_size).map(|_| AtomicU64::new(0)).collect(),
             }),
@@ -211,7 +217,7 @@ where
         let state = self.state();
         let bucket = state.table.bucket_of(key_hash(&key.routing_bytes()));
         match &state.migration {
-            Some(m) if m.moving[bucket] && m.phase() >= Phase::ReadsSwitched => m.to.owner(bucket),
+            Some(m) if m.moving[bucket] && m.phase().reads_new_owner() => m.to.owner(bucket),
             _ => state.table.owner(bucket),
         }
     }
@@ -274,7 +280,9 @@ where
         }
     }
 
-    /// Applies one write, to both owners while its bucket moves.
+    /// Applies one write: to its bucket's owner, or to the owners its
+    /// resharding's [`Phase`] names while the bucket moves. Phases change
+    /// only under the gate, so the whole write sees one.
     async fn write(&self, op: Op<'_, S::Key, S::Value>) -> Result<Position> {
         let key = op.key();
         let _gate = self.inner.gate.read().await;
@@ -284,9 +292,14 @@ where
         let Some(migration) = state.migration.as_ref().filter(|m| m.moving[bucket]) else {
             return op.apply(self.counted(old, 1)).await;
         };
+        let (to_old, to_new) = migration.phase().writes_to();
+        if !to_new {
+            return op.apply(self.counted(old, 1)).await;
+        }
+        // Ordered against a copy of the bucket.
         let _writing = migration.locks[bucket].read().await;
         let new = self.counted(migration.to.owner(bucket), 1);
-        if migration.phase() == Phase::WritesSwitched {
+        if !to_old {
             return op.apply(new).await;
         }
         let old = self.counted(old, 1);
