@@ -235,6 +235,31 @@ async fn a_write_switch_that_cannot_be_recorded_keeps_writing_to_both_owners_and
 }
 
 #[tokio::test]
+async fn the_writes_switch_only_once_every_new_owner_has_every_write_so_no_later_write_is_undone() {
+    let shards = pool(5);
+    let meta = new_meta();
+    let store = open(&shards, &meta, 4).await;
+    let mut expected = fill(&store, 300).await;
+    store.start_resharding(&[0, 1, 2, 3, 4]).await.unwrap();
+    while store.copy_next().await.unwrap() {}
+    store.switch_reads().await.unwrap();
+    // A write reaches the old owner but not the new one: its bucket's
+    // copy is behind.
+    let key = (0..300u64).find(|key| store.shard_of(key) == 4).unwrap();
+    shards[4].set_failing(true);
+    assert!(store.put(key, "half".into()).await.is_err());
+    shards[4].set_failing(false);
+
+    let early = store.switch_writes().await;
+    store.put(key, "after".into()).await.unwrap();
+    expected.insert(key, Some("after".into()));
+    store.finish().await.unwrap();
+    check(&store, &shards, &expected).await;
+    let error = early.expect_err("the writes switched over a copy that is behind");
+    assert!(is_config(&error), "{error}");
+}
+
+#[tokio::test]
 async fn opening_over_a_recorded_resharding_to_a_shard_outside_the_pool_is_a_config_error() {
     let shards = pool(5);
     let meta = new_meta();

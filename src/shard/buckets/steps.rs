@@ -236,8 +236,10 @@ where
     /// # Errors
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) before the reads
-    /// switched, when no resharding runs, or while one rolls back; the
-    /// meta store's errors (nothing switched then).
+    /// switched, while a bucket's copy is behind (a write reached its old
+    /// owner only: [`copy_next`](Self::copy_next) copies it again), when
+    /// no resharding runs, or while one rolls back; the meta store's
+    /// errors (nothing switched then).
     pub async fn switch_writes(&self) -> Result<()> {
         let _steps = self.inner.steps.lock().await;
         let migration = self.migration()?;
@@ -246,6 +248,14 @@ where
             Phase::ReadsSwitched => {
                 // No write in flight to both owners.
                 let _gate = self.inner.gate.write().await;
+                if migration.left_to_copy() > 0 {
+                    // Recopied after the switch, the bucket would lose
+                    // the writes only its new owner had.
+                    return Err(Error::config(
+                        COMPONENT,
+                        "a bucket's copy is behind: copy it again first",
+                    ));
+                }
                 let copied = migration.copied().clone();
                 self.save_migration(&migration, Phase::WritesSwitched, &copied)
                     .await?;

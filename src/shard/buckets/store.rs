@@ -306,7 +306,7 @@ where
         let position = op.apply(old).await?;
         if let Err(error) = op.apply(new).await {
             // The copy is behind now: copy the bucket again before reads
-            // may switch to it.
+            // may switch to it, or writes.
             migration.copied()[bucket] = false;
             return Err(error);
         }
