@@ -51,9 +51,11 @@ pub(super) struct Inner<S> {
 /// [`switch_writes`](Self::switch_writes) and
 /// [`clean_up`](Self::clean_up) (or [`reshard`](Self::reshard) for all of
 /// it), while reads and writes go on. Every step is recorded in the meta
-/// store: a process that dies between steps is resumed by opening the
-/// store again; before the writes switch, [`roll_back`](Self::roll_back)
-/// returns to the old table.
+/// store before it changes any routing: a process that dies at any step
+/// is resumed by opening the store again; before the writes switch,
+/// [`roll_back`](Self::roll_back) returns to the old table, and finishes
+/// a rollback cut short when called again. The [`Phase`] says where
+/// reads and writes of the moving buckets go.
 pub struct BucketSharded<S> {
     pub(super) inner: Arc<Inner<S>>,
 }
