@@ -13,9 +13,12 @@ use scalekit::{ErrorKind, MemoryStore, Store};
 
 use super::{check, fill, new_meta, open, pool, Damaging, Shard};
 
+/// A meta store whose outages a test controls.
+type FaultyMeta = Arc<FaultyStore<MemoryStore<String, Vec<u8>>>>;
+
 /// A meta store whose outages the test controls, and the same store as
 /// the resharding sees it.
-fn faulty_meta() -> (Arc<FaultyStore<MemoryStore<String, Vec<u8>>>>, MetaStore) {
+fn faulty_meta() -> (FaultyMeta, MetaStore) {
     let faulty = Arc::new(FaultyStore::new(MemoryStore::new()));
     let meta = Arc::clone(&faulty).into_dyn();
     (faulty, meta)
