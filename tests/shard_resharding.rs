@@ -1,19 +1,90 @@
 //! Online resharding over virtual buckets: the specification of
-//! `scalekit::shard::BucketSharded`, over in-memory shards.
+//! `scalekit::shard::BucketSharded`, over in-memory shards. The failure
+//! paths (rollbacks cut short, records that cannot be written, bad
+//! records, damaged copies, steps that race) are in `failures`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use proptest::prelude::*;
 use scalekit::shard::{BucketSharded, MetaStore, Phase};
+use scalekit::store::Scan;
 use scalekit::testing::FaultyStore;
-use scalekit::{ErrorKind, MemoryStore, Store};
+use scalekit::{ErrorKind, MemoryStore, Position, Result, Store, Write};
 
-type Shard = Arc<FaultyStore<MemoryStore<u64, String>>>;
+#[path = "shard_resharding/failures.rs"]
+mod failures;
+
+type Shard = Arc<FaultyStore<Damaging>>;
+
+/// A shard's engine that, while told to, damages every value written to
+/// it (as a failing disk or a codec bug would): what a copy's
+/// verification must catch.
+#[derive(Debug)]
+struct Damaging {
+    inner: MemoryStore<u64, String>,
+    damaging: AtomicBool,
+}
+
+impl Damaging {
+    fn new() -> Self {
+        Damaging {
+            inner: MemoryStore::new(),
+            damaging: AtomicBool::new(false),
+        }
+    }
+
+    fn damage_writes(&self, damaging: bool) {
+        self.damaging.store(damaging, Ordering::SeqCst);
+    }
+
+    fn stored(&self, value: String) -> String {
+        if self.damaging.load(Ordering::SeqCst) {
+            format!("{value} (damaged)")
+        } else {
+            value
+        }
+    }
+}
+
+impl Store for Damaging {
+    type Key = u64;
+    type Value = String;
+
+    async fn get(&self, key: &u64) -> Result<Option<String>> {
+        self.inner.get(key).await
+    }
+
+    async fn put(&self, key: u64, value: String) -> Result<Position> {
+        self.inner.put(key, self.stored(value)).await
+    }
+
+    async fn delete(&self, key: &u64) -> Result<Position> {
+        self.inner.delete(key).await
+    }
+
+    async fn write_batch(&self, batch: Vec<Write<u64, String>>) -> Result<Position> {
+        let batch = batch
+            .into_iter()
+            .map(|write| match write {
+                Write::Put(key, value) => Write::Put(key, self.stored(value)),
+                delete => delete,
+            })
+            .collect();
+        self.inner.write_batch(batch).await
+    }
+}
+
+impl Scan for Damaging {
+    async fn entries(&self) -> Result<Vec<(u64, String)>> {
+        Scan::entries(&self.inner).await
+    }
+}
 
 fn pool(n: usize) -> Vec<Shard> {
     (0..n)
-        .map(|_| Arc::new(FaultyStore::builder(MemoryStore::new()).build().unwrap()))
+        .map(|_| Arc::new(FaultyStore::builder(Damaging::new()).build().unwrap()))
         .collect()
 }
 

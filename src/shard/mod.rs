@@ -43,10 +43,14 @@
 //! shard's moving buckets are copied under their locks (writes to them
 //! wait meanwhile) and verified by per-bucket checksums → reads switch to
 //! the new owners → writes switch → the old copies are removed and the
-//! new table becomes current. Every step is recorded: opening the store
-//! again after a crash resumes where it was; until the writes switch,
-//! [`roll_back`](BucketSharded::roll_back) returns to the old layout. It
-//! needs shards that can list their entries ([`Scan`](crate::store::Scan)).
+//! new table becomes current. Every step is recorded before it changes
+//! any routing: opening the store again after a crash resumes where it
+//! was; until the writes switch,
+//! [`roll_back`](BucketSharded::roll_back) returns to the old layout, and
+//! finishes a rollback cut short when called again. A copy that does not
+//! verify stops the cut-over. It needs shards that can list their
+//! entries ([`Scan`](crate::store::Scan)), and one process to route and
+//! reshard a store: another learns a phase only when it opens the store.
 //!
 //! # Performance (a shared 2-core machine; `cargo bench --bench shard`)
 //!

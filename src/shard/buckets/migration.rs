@@ -8,18 +8,29 @@ use std::sync::{Arc, Mutex, PoisonError};
 use super::table::BucketTable;
 use crate::{CodecDirection, Error, Result};
 
-/// How far a resharding has got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// Where a resharding stands, and so where reads and writes of the
+/// buckets that move go. The other buckets are never affected.
+///
+/// | phase | reads go to | writes go to |
+/// |---|---|---|
+/// | `Copying` | the old owner | both owners |
+/// | `ReadsSwitched` | the new owner | both owners |
+/// | `WritesSwitched` | the new owner | the new owner |
+/// | `RollingBack` | the old owner | the old owner |
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Phase {
-    /// Writes to moving buckets go to both owners; reads to the old one;
-    /// buckets are being copied and verified.
+    /// Buckets are being copied to their new owners and verified.
     Copying = 0,
-    /// Every moving bucket is copied and verified: reads go to the new
-    /// owners, writes still to both (so a rollback loses nothing).
+    /// Every moving bucket is copied and verified; writes still reach
+    /// both owners, so a rollback loses nothing.
     ReadsSwitched = 1,
-    /// Writes go to the new owners only; the old copies are being
-    /// removed. No rollback from here.
+    /// The old owners no longer receive writes, and their copies are
+    /// being removed. No rollback from here.
     WritesSwitched = 2,
+    /// A rollback: the new owners' copies are being removed, and the old
+    /// table is the only one in use.
+    RollingBack = 3,
 }
 
 impl Phase {
@@ -28,7 +39,23 @@ impl Phase {
             0 => Some(Phase::Copying),
             1 => Some(Phase::ReadsSwitched),
             2 => Some(Phase::WritesSwitched),
+            3 => Some(Phase::RollingBack),
             _ => None,
+        }
+    }
+
+    /// Whether reads of a moving bucket go to its new owner.
+    pub(super) fn reads_new_owner(self) -> bool {
+        matches!(self, Phase::ReadsSwitched | Phase::WritesSwitched)
+    }
+
+    /// Whether writes to a moving bucket go to its old owner, and whether
+    /// to its new one.
+    pub(super) fn writes_to(self) -> (bool, bool) {
+        match self {
+            Phase::Copying | Phase::ReadsSwitched => (true, true),
+            Phase::WritesSwitched => (false, true),
+            Phase::RollingBack => (true, false),
         }
     }
 }
@@ -81,14 +108,16 @@ impl Migration {
             .count()
     }
 
-    /// The target table, then the phase, then one byte per bucket
-    /// (copied or not); the target table's length is given first.
-    pub(super) fn encode(&self) -> Vec<u8> {
+    /// The record of this resharding at `phase` with `copied` buckets:
+    /// the target table's length, the table, the phase, then one byte per
+    /// bucket (copied or not). Every change is written so before it is
+    /// applied in memory.
+    pub(super) fn record(&self, phase: Phase, copied: &[bool]) -> Vec<u8> {
         let table = self.to.encode();
         let mut out = (table.len() as u32).to_be_bytes().to_vec();
         out.extend_from_slice(&table);
-        out.push(self.phase() as u8);
-        out.extend(self.copied().iter().map(|&c| u8::from(c)));
+        out.push(phase as u8);
+        out.extend(copied.iter().map(|&c| u8::from(c)));
         out
     }
 

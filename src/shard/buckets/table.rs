@@ -51,6 +51,14 @@ impl BucketTable {
         self.owners[bucket] as usize
     }
 
+    /// The first shard the table names that is not in a pool of `pool`.
+    pub(crate) fn outside(&self, pool: usize) -> Option<usize> {
+        self.owners
+            .iter()
+            .map(|&owner| owner as usize)
+            .find(|&owner| owner >= pool)
+    }
+
     /// How many buckets each shard of a pool of `pool` owns.
     pub fn buckets_per_shard(&self, pool: usize) -> Vec<usize> {
         let mut counts = vec![0; pool];
@@ -177,6 +185,7 @@ mod tests {
         let moved = five.moving_to(&three).iter().filter(|&&m| m).count();
         assert_eq!(moved, 204 + 205, "only the removed shards' buckets");
         assert_eq!(three.version(), 3);
+        assert_eq!((three.outside(3), three.outside(2)), (None, Some(2)));
         assert_eq!(BucketTable::decode(&three.encode()).unwrap(), three);
     }
 
