@@ -406,3 +406,33 @@ async fn a_store_lists_its_entries_for_moving_data_and_a_resharding_over_sqlite_
         assert_eq!(store.get(&key).await.unwrap(), Some(format!("u{key}")));
     }
 }
+
+#[tokio::test]
+async fn a_failing_batch_alone_in_its_group_commit_leaves_nothing_applied() {
+    // All or nothing, as the contract says, also on the path where the
+    // batch is the only job of its group (no neighbour, no savepoint).
+    let dir = tempfile::tempdir().unwrap();
+    let store: SqliteStore<u64, Vec<u8>> = SqliteStore::builder()
+        .path(dir.path().join("alone.db"))
+        .max_value_bytes(1024)
+        .build()
+        .await
+        .unwrap();
+    for round in 0..20u64 {
+        let batch = vec![
+            Write::Put(round * 10 + 1, vec![1]),
+            Write::Put(round * 10 + 2, vec![7u8; 4096]), // over the limit
+            Write::Put(round * 10 + 3, vec![3]),
+        ];
+        let error = store.write_batch(batch).await.unwrap_err();
+        assert!(matches!(error.kind(), ErrorKind::Refused { .. }), "{error}");
+        for k in 1..=3 {
+            assert_eq!(
+                store.get(&(round * 10 + k)).await.unwrap(),
+                None,
+                "round {round}: write {k} of the failed batch was applied"
+            );
+        }
+    }
+    store.close().await;
+}

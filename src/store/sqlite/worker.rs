@@ -290,7 +290,9 @@ impl Writer {
         }
     }
 
-    /// Commits many jobs in one transaction, each in its own savepoint.
+    /// Commits many jobs in one transaction, each in its own savepoint (a
+    /// job alone in its group runs without one, and a failure of it rolls
+    /// the transaction back): a failing job leaves none of its writes.
     fn commit_group(&mut self, writes: Vec<(EncodedBatch, Reply<Position>)>) {
         let mut outcomes: Vec<Result<()>> = Vec::with_capacity(writes.len());
         let group = self
@@ -321,6 +323,18 @@ impl Writer {
                 })
             };
             outcomes.push(outcome.map_err(backend("write_batch")));
+        }
+        if let (true, [Err(error)]) = (single, outcomes.as_slice()) {
+            // Alone in its group, the batch ran without a savepoint: roll
+            // the whole transaction back, so none of its writes stays.
+            let error = error.clone();
+            if let Err(e) = tx.rollback() {
+                tracing::warn!(error = %e, "sqlite: could not roll back a failed batch");
+            }
+            for (_, reply) in writes {
+                let _ = reply.send(Err(error.clone()));
+            }
+            return;
         }
         let any_applied = writes
             .iter()
