@@ -348,21 +348,75 @@ async fn writes_through_read_through_invalidate_and_errors_are_returned() {
     assert_eq!(cache.get(&1).await.unwrap(), Some("b".into()));
 }
 
-#[tokio::test]
-async fn a_failed_write_through_leaves_the_tier_unchanged() {
-    let store = FaultyStore::builder(MemoryStore::<u64, String>::new())
-        .on(&Operation::WRITES)
-        .build()
-        .unwrap();
-    let cache = WriteThrough::builder(store, tier()).build().unwrap();
+/// A store whose writes, while `ambiguous` is set, are applied and then
+/// reported as failed (the connection dropped after the commit).
+#[derive(Debug, Default)]
+struct AppliesThenFails {
+    inner: MemoryStore<u64, String>,
+    ambiguous: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AppliesThenFails {
+    fn answer(&self, applied: Result<Position>) -> Result<Position> {
+        if self.ambiguous.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(scalekit::Error::unavailable(
+                "test",
+                "connection lost after the commit",
+            ));
+        }
+        applied
+    }
+}
+
+impl Store for AppliesThenFails {
+    type Key = u64;
+    type Value = String;
+
+    async fn get(&self, key: &u64) -> Result<Option<String>> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: u64, value: String) -> Result<Position> {
+        let applied = self.inner.put(key, value).await;
+        self.answer(applied)
+    }
+    async fn delete(&self, key: &u64) -> Result<Position> {
+        let applied = self.inner.delete(key).await;
+        self.answer(applied)
+    }
+}
+
+/// Caches `kept`, makes a write of `applied` that the store applies and
+/// reports as failed, and checks the cache then serves what the store has.
+async fn after_an_ambiguous_failure<C: Store<Key = u64, Value = String>>(
+    cache: &C,
+    ambiguous: &std::sync::atomic::AtomicBool,
+) -> Option<String> {
     cache.put(1, "kept".into()).await.unwrap();
-    cache.get_ref().set_failing(true);
-    let err = cache.put(1, "lost".into()).await.unwrap_err();
-    assert!(matches!(err.kind(), ErrorKind::Unavailable { .. }));
-    let entry = cache.tier().get(&1).await.unwrap().expect("still cached");
-    assert_eq!(entry.value, Some("kept".into()));
-    assert_eq!(cache.get(&1).await.unwrap(), Some("kept".into()));
-    assert_eq!(cache.get_ref().calls().get, 0, "every read was a hit");
+    assert_eq!(cache.get(&1).await.unwrap(), Some("kept".into()), "cached");
+    ambiguous.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(cache.put(1, "applied".into()).await.is_err());
+    ambiguous.store(false, std::sync::atomic::Ordering::Relaxed);
+    cache.get(&1).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_failed_write_drops_the_key_since_the_store_may_have_applied_it() {
+    let store = AppliesThenFails::default();
+    let flag = Arc::clone(&store.ambiguous);
+    let cache = WriteThrough::builder(store, tier()).build().unwrap();
+    assert_eq!(
+        after_an_ambiguous_failure(&cache, &flag).await,
+        Some("applied".into()),
+        "write-through must not keep the old value"
+    );
+    let store = AppliesThenFails::default();
+    let flag = Arc::clone(&store.ambiguous);
+    let cache = ReadThrough::builder(store, tier()).build().unwrap();
+    assert_eq!(
+        after_an_ambiguous_failure(&cache, &flag).await,
+        Some("applied".into()),
+        "read-through must not keep the old value"
+    );
 }
 
 #[tokio::test]
@@ -709,4 +763,129 @@ async fn a_read_asks_the_tier_once_whether_it_hits_or_misses() {
         Duration::from_millis(20),
         "paused time: the latency"
     );
+}
+
+/// A store whose `get` of key 666 panics once.
+#[derive(Debug, Default)]
+struct PanicsOnceOnRead {
+    inner: MemoryStore<u64, String>,
+    panicked: std::sync::atomic::AtomicBool,
+}
+
+impl Store for PanicsOnceOnRead {
+    type Key = u64;
+    type Value = String;
+
+    async fn get(&self, key: &u64) -> Result<Option<String>> {
+        if *key == 666 && !self.panicked.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            panic!("the backend panics on this read");
+        }
+        self.inner.get(key).await
+    }
+    async fn get_many(&self, keys: &[u64]) -> Result<Vec<Option<String>>> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(key).await?);
+        }
+        Ok(values)
+    }
+    async fn put(&self, key: u64, value: String) -> Result<Position> {
+        self.inner.put(key, value).await
+    }
+    async fn delete(&self, key: &u64) -> Result<Position> {
+        self.inner.delete(key).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_read_that_panics_fails_its_waiters_and_does_not_wedge_the_key() {
+    for batch in [false, true] {
+        let store = PanicsOnceOnRead::default();
+        store.inner.put(666, "fine".into()).await.unwrap();
+        let cache = ReadThrough::builder(store, tier()).build().unwrap();
+        let first = if batch {
+            cache.get_many(&[666, 1]).await.map(|mut v| v.remove(0))
+        } else {
+            cache.get(&666).await
+        };
+        let err = first.unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::Unavailable { .. }), "{err}");
+        let again = tokio::time::timeout(Duration::from_secs(5), cache.get(&666))
+            .await
+            .expect("not stuck");
+        assert_eq!(again.unwrap(), Some("fine".into()), "batch {batch}: the key loads again");
+    }
+}
+
+/// A tier whose inserts and removes fail while `refusing` is set (a
+/// shared Redis that times out, say).
+#[derive(Debug)]
+struct RefusingTier {
+    inner: Tier<u64, String>,
+    refusing: std::sync::atomic::AtomicBool,
+}
+
+impl RefusingTier {
+    fn check(&self) -> Result<()> {
+        if self.refusing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(scalekit::Error::unavailable("tier", "timed out"));
+        }
+        Ok(())
+    }
+}
+
+impl CacheTier for RefusingTier {
+    type Key = u64;
+    type Value = Cached<String>;
+
+    async fn get(&self, key: &u64) -> Result<Option<Cached<String>>> {
+        self.inner.get(key).await
+    }
+    async fn insert(&self, key: u64, value: Cached<String>, ttl: Option<Duration>) -> Result<()> {
+        self.check()?;
+        self.inner.insert(key, value, ttl).await
+    }
+    async fn remove(&self, key: &u64) -> Result<()> {
+        self.check()?;
+        self.inner.remove(key).await
+    }
+    async fn clear(&self) -> Result<()> {
+        self.inner.clear().await
+    }
+    async fn entry_count(&self) -> Result<u64> {
+        self.inner.entry_count().await
+    }
+    fn evictions(&self) -> u64 {
+        self.inner.evictions()
+    }
+}
+
+#[tokio::test]
+async fn a_write_whose_tier_entry_cannot_be_updated_or_dropped_is_reported_as_an_error() {
+    let tier = RefusingTier {
+        inner: tier(),
+        refusing: Default::default(),
+    };
+    let cache = WriteThrough::builder(MemoryStore::<u64, String>::new(), tier)
+        .build()
+        .unwrap();
+    cache.put(1, "old".into()).await.unwrap();
+    cache
+        .tier()
+        .refusing
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let err = cache.put(1, "new".into()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("may be stale"),
+        "the caller hears that the cached entry may be stale: {err}"
+    );
+    assert_eq!(cache.get_ref().get(&1).await.unwrap(), Some("new".into()), "in the store");
+    assert!(cache.stats().tier_errors >= 1);
+    // Retrying the write (safe: writes are idempotent) mends the tier.
+    cache
+        .tier()
+        .refusing
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    cache.put(1, "new".into()).await.unwrap();
+    assert_eq!(cache.get(&1).await.unwrap(), Some("new".into()));
 }

@@ -120,6 +120,24 @@ where
     }
 }
 
+/// Unregisters a load's flights when its task ends, also by a panic of
+/// the store: a flight left registered with its sender gone would fail
+/// every later read of the key, however healthy the store.
+struct FlightsDone<S: Store, T> {
+    core: Arc<Core<S, T>>,
+    flights: Vec<(S::Key, Flight<S::Value>)>,
+}
+
+impl<S: Store, T> Drop for FlightsDone<S, T> {
+    fn drop(&mut self) {
+        for (key, flight) in self.flights.drain(..) {
+            self.core
+                .flights
+                .remove_if(&key, |_, current| current.same_channel(&flight));
+        }
+    }
+}
+
 /// The rest of a read that did not hit at once.
 pub(crate) type BoxedRead<'a, V> = Pin<Box<dyn Future<Output = Result<Option<V>>> + Send + 'a>>;
 
@@ -405,6 +423,10 @@ where
         let span = tracing::debug_span!("scalekit.cache.load", keys = 1);
         tokio::spawn(
             async move {
+                let done = FlightsDone {
+                    core: Arc::clone(&core),
+                    flights: vec![(key.clone(), flight)],
+                };
                 let fence = core.load_fence(&key).await;
                 let started = Instant::now();
                 let result = core.store.get(&key).await;
@@ -413,8 +435,7 @@ where
                     core.fill(&key, value, fence).await;
                 }
                 let _ = sender.send(Some(result));
-                core.flights
-                    .remove_if(&key, |_, current| current.same_channel(&flight));
+                drop(done);
             }
             .instrument(span),
         );
@@ -504,6 +525,13 @@ where
         let span = tracing::debug_span!("scalekit.cache.load", keys = batch.len());
         tokio::spawn(
             async move {
+                let done = FlightsDone {
+                    core: Arc::clone(&core),
+                    flights: batch
+                        .iter()
+                        .map(|(key, _, flight)| (key.clone(), flight.clone()))
+                        .collect(),
+                };
                 let mut fences = Vec::with_capacity(batch.len());
                 for (key, _, _) in &batch {
                     fences.push(core.load_fence(key).await);
@@ -527,23 +555,20 @@ where
                 core.record_load(started, result.is_ok());
                 match result {
                     Ok(values) => {
-                        for (((key, sender, flight), value), fence) in
+                        for (((key, sender, _), value), fence) in
                             batch.into_iter().zip(values).zip(fences)
                         {
                             core.fill(&key, &value, fence).await;
                             let _ = sender.send(Some(Ok(value)));
-                            core.flights
-                                .remove_if(&key, |_, current| current.same_channel(&flight));
                         }
                     }
                     Err(error) => {
-                        for (key, sender, flight) in batch {
+                        for (_, sender, _) in batch {
                             let _ = sender.send(Some(Err(error.clone())));
-                            core.flights
-                                .remove_if(&key, |_, current| current.same_channel(&flight));
                         }
                     }
                 }
+                drop(done);
             }
             .instrument(span),
         );
@@ -604,6 +629,7 @@ where
             Err(batch) => self.store.write_batch(batch).await,
         };
         unwinding.core = None;
+        let mut unsettled = 0;
         for fence in fences {
             let mut stripe = self.stripes[fence.stripe].lock().await;
             let undisturbed = fence.alone && stripe.epoch == fence.epoch;
@@ -613,14 +639,24 @@ where
                 .filter(|w| self.stripe_of(w.key()) == fence.stripe)
             {
                 self.flights.remove(write.key());
-                self.settle(write, result.is_ok(), undisturbed).await;
+                if !self.settle(write, result.is_ok(), undisturbed).await {
+                    unsettled += 1;
+                }
             }
         }
         if self.broadcast.is_some() {
             let keys: Vec<S::Key> = finals.iter().map(|w| w.key().clone()).collect();
             self.publish(&keys).await;
         }
-        result
+        match result {
+            Ok(_) if unsettled > 0 => Err(Error::unavailable(
+                "cache",
+                format!(
+                    "the write reached the store, but the tier could neither update nor drop {unsettled} of its keys: their cached entries may be stale until they expire (writing again retries the tier)"
+                ),
+            )),
+            result => result,
+        }
     }
 
     /// The end of a write whose store call panicked.
@@ -636,30 +672,42 @@ where
         }
     }
 
-    /// Updates or invalidates the tier after a write (under its stripe lock).
-    async fn settle(&self, write: &Write<S::Key, S::Value>, ok: bool, undisturbed: bool) {
+    /// Updates or invalidates the tier after a write (under its stripe
+    /// lock); `false` if the tier could do neither, so its entry may be
+    /// stale. A failed write invalidates too: the store may have applied
+    /// it (an error means "not known to have happened").
+    async fn settle(&self, write: &Write<S::Key, S::Value>, ok: bool, undisturbed: bool) -> bool {
         let key = write.key();
-        let outcome = match (self.config.mode, ok) {
-            (WriteMode::Update, false) => return,
-            (WriteMode::Update, true) if undisturbed => {
-                let (value, ttl) = match write {
-                    Write::Put(_, value) => (Some(value.clone()), self.config.ttl),
-                    Write::Delete(_) => match self.config.negative_ttl {
-                        Some(ttl) => (None, Some(ttl)),
-                        None => return self.remove_from_tier(key).await,
-                    },
-                };
-                let entry = Cached {
-                    value,
-                    loaded_at: Instant::now(),
-                };
-                self.tier.insert(key.clone(), entry, ttl).await
+        if ok && undisturbed && self.config.mode == WriteMode::Update {
+            let (value, ttl) = match write {
+                Write::Put(_, value) => (Some(value.clone()), self.config.ttl),
+                Write::Delete(_) => match self.config.negative_ttl {
+                    Some(ttl) => (None, Some(ttl)),
+                    None => return self.drop_from_tier(key).await,
+                },
+            };
+            let entry = Cached {
+                value,
+                loaded_at: Instant::now(),
+            };
+            if self.tier.insert(key.clone(), entry, ttl).await.is_ok() {
+                return true;
             }
-            _ => self.tier.remove(key).await,
-        };
-        if outcome.is_err() {
             Counters::bump(&self.counters.tier_errors);
         }
+        self.drop_from_tier(key).await
+    }
+
+    /// Removes `key` from the tier, trying three times; `false` if every
+    /// try failed.
+    async fn drop_from_tier(&self, key: &S::Key) -> bool {
+        for _ in 0..3 {
+            if self.tier.remove(key).await.is_ok() {
+                return true;
+            }
+            Counters::bump(&self.counters.tier_errors);
+        }
+        false
     }
 
     async fn remove_from_tier(&self, key: &S::Key) {

@@ -143,8 +143,9 @@ cache_layer!(
     /// A write-through cache over any [`Store`], itself a [`Store`].
     ///
     /// A write goes to the store first and, only when the store has taken
-    /// it, puts the new value in the tier; when the store fails, the tier is
-    /// left as it was and the caller gets the error. When writes to keys of
+    /// it, puts the new value in the tier; when the store fails, the key is
+    /// dropped from the tier (the store may have applied the write) and the
+    /// caller gets the error. When writes to keys of
     /// the same stripe overlap, their order in the store cannot be known, so
     /// the tier entry is invalidated instead of updated. Reads behave as in
     /// [`ReadThrough`].

@@ -31,6 +31,18 @@
 //! - **Batches.** `get_many` loads all its misses with one `get_many` on the
 //!   store; `write_batch` is one `write_batch` on the store.
 //! - **Read-after-write** holds through the cache as it holds on the store.
+//! - **A failed write drops the key.** A store error may mean the write was
+//!   applied (the `Store` contract), so after any write error the key
+//!   leaves the tier and the next read loads what the store has.
+//! - **A tier that cannot follow a write is reported.** If the tier can
+//!   neither take the written value nor drop the key (a shared Redis
+//!   timing out, say; three tries), the write returns an error saying its
+//!   entries may be stale, although the store has it: writing again
+//!   (writes are idempotent) retries the tier.
+//! - **A panicking store does not wedge a key.** A load whose store call
+//!   panics fails its waiters with [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable), and the
+//!   next read of the key loads again; a panicking write releases its
+//!   fences and drops its keys.
 //!
 //! Within one process, a write's effect on the tier is immediate. Across
 //! processes (a shared `RedisTier`, or in-process tiers kept coherent by a
