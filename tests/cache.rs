@@ -777,7 +777,11 @@ impl Store for PanicsOnceOnRead {
     type Value = String;
 
     async fn get(&self, key: &u64) -> Result<Option<String>> {
-        if *key == 666 && !self.panicked.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if *key == 666
+            && !self
+                .panicked
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             panic!("the backend panics on this read");
         }
         self.inner.get(key).await
@@ -813,7 +817,11 @@ async fn a_store_read_that_panics_fails_its_waiters_and_does_not_wedge_the_key()
         let again = tokio::time::timeout(Duration::from_secs(5), cache.get(&666))
             .await
             .expect("not stuck");
-        assert_eq!(again.unwrap(), Some("fine".into()), "batch {batch}: the key loads again");
+        assert_eq!(
+            again.unwrap(),
+            Some("fine".into()),
+            "batch {batch}: the key loads again"
+        );
     }
 }
 
@@ -879,7 +887,11 @@ async fn a_write_whose_tier_entry_cannot_be_updated_or_dropped_is_reported_as_an
         err.to_string().contains("may be stale"),
         "the caller hears that the cached entry may be stale: {err}"
     );
-    assert_eq!(cache.get_ref().get(&1).await.unwrap(), Some("new".into()), "in the store");
+    assert_eq!(
+        cache.get_ref().get(&1).await.unwrap(),
+        Some("new".into()),
+        "in the store"
+    );
     assert!(cache.stats().tier_errors >= 1);
     // Retrying the write (safe: writes are idempotent) mends the tier.
     cache

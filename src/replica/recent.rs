@@ -153,12 +153,14 @@ where
                 .compare_exchange(floor, 0, Ordering::AcqRel, Ordering::Relaxed);
         }
         if self.recent.len() > self.limit {
-            let mut newest = 0;
+            // Each key's position joins the floor before the key leaves
+            // the map (under its shard's lock), so a read that no longer
+            // finds the key finds the floor covering it: at no instant is
+            // a remembered write covered by neither.
             self.recent.retain(|_, position| {
-                newest = newest.max(*position);
+                self.floor.fetch_max(*position, Ordering::AcqRel);
                 false
             });
-            self.floor.fetch_max(newest, Ordering::AcqRel);
         }
         let left = self.recent.len();
         self.remembered.store(left, Ordering::Relaxed);
@@ -231,5 +233,67 @@ where
         let keys: Vec<P::Key> = batch.iter().map(|w| w.key().clone()).collect();
         let written = self.set.write_batch(batch).await;
         self.wrote(&keys, written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::RecentWrites;
+    use crate::replica::simulated::SimulatedPrimary;
+    use crate::replica::ReplicaSet;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_remembered_key_keeps_its_token_while_the_keys_fold_into_the_floor() {
+        // A replica that never catches up: nothing is forgotten, so past
+        // the limit every prune folds the keys into the floor. A reader
+        // asking for the token of the last key written must get one that
+        // covers it at every instant, during the folds too.
+        let primary = SimulatedPrimary::<u64, String>::new();
+        let stalled = primary.replica(Duration::from_secs(3_600)).await.unwrap();
+        let set = ReplicaSet::builder()
+            .primary(primary)
+            .replica("stalled", stalled)
+            .build()
+            .await
+            .unwrap();
+        let recent = Arc::new(RecentWrites::with_limit(set, 500));
+        let last = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (recent, last, stop) = (Arc::clone(&recent), Arc::clone(&last), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                for position in 1..=200_000u64 {
+                    recent.observe(&position, crate::Position::new(position));
+                    last.store(position, Ordering::Release);
+                }
+                stop.store(true, Ordering::Release);
+            })
+        };
+        let mut checked = 0u64;
+        let mut missed = Vec::new();
+        while !stop.load(Ordering::Acquire) {
+            let key = last.load(Ordering::Acquire);
+            if key == 0 {
+                continue;
+            }
+            checked += 1;
+            match recent.token(&key) {
+                Some(token) if token.get() >= key => {}
+                other => missed.push((key, other)),
+            }
+        }
+        writer.join().unwrap();
+        assert!(checked > 1_000, "the reader ran ({checked} checks)");
+        assert!(
+            missed.is_empty(),
+            "{} of {checked} checks found no token covering the key, e.g. {:?}",
+            missed.len(),
+            &missed[..missed.len().min(3)]
+        );
+        assert!(recent.remembered() <= 500);
     }
 }
