@@ -248,7 +248,10 @@ async fn one_pipeline_validates_retries_and_times_commands() {
         .build()
         .unwrap();
     for n in 0..5 {
-        let receipt = bus.dispatch(post("ann", &format!("p{n}"))).await.unwrap();
+        // Retry re-runs only commands with an idempotency key.
+        let mut command = post("ann", &format!("p{n}"));
+        command.request = Some(format!("request {n}"));
+        let receipt = bus.dispatch(command).await.unwrap();
         assert_eq!(receipt.output, n + 1);
     }
     let refused = bus
@@ -540,4 +543,83 @@ mod read_side {
         );
         assert!(second.is_caught_up().await.unwrap());
     }
+}
+
+/// A write store whose next `write_batch`, once armed, is applied and then
+/// reported as failed (the connection dropped after the commit).
+#[derive(Debug, Default)]
+struct CommitsThenFails {
+    inner: MemoryStore<String, Vec<u8>>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl scalekit::Store for CommitsThenFails {
+    type Key = String;
+    type Value = Vec<u8>;
+
+    async fn get(&self, key: &String) -> scalekit::Result<Option<Vec<u8>>> {
+        scalekit::Store::get(&self.inner, key).await
+    }
+    async fn put(&self, key: String, value: Vec<u8>) -> scalekit::Result<Position> {
+        self.write_batch(vec![scalekit::Write::Put(key, value)])
+            .await
+    }
+    async fn delete(&self, key: &String) -> scalekit::Result<Position> {
+        self.write_batch(vec![scalekit::Write::Delete(key.clone())])
+            .await
+    }
+    async fn write_batch(
+        &self,
+        batch: Vec<scalekit::Write<String, Vec<u8>>>,
+    ) -> scalekit::Result<Position> {
+        let applied = scalekit::Store::write_batch(&self.inner, batch).await?;
+        if self.armed.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return Err(scalekit::Error::unavailable(
+                "test",
+                "connection lost after the commit",
+            ));
+        }
+        Ok(applied)
+    }
+}
+
+#[tokio::test]
+async fn retry_never_reruns_a_command_whose_commit_may_have_happened_without_its_key() {
+    let store = Arc::new(CommitsThenFails::default());
+    let bus = CommandBus::<_, String>::builder(Arc::clone(&store), "posts")
+        .handle(Posts)
+        .layer(Retry {
+            retries: 3,
+            backoff: std::time::Duration::from_millis(1),
+        })
+        .build()
+        .unwrap();
+    // Without a key: the failure is returned, not retried, so the post
+    // that did commit is not written twice.
+    store
+        .armed
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let error = bus.dispatch(post("ann", "once")).await.unwrap_err();
+    assert!(matches!(error, CommandError::Failed(_)), "{error}");
+    // With a key: retried, and the retry finds the first commit.
+    store
+        .armed
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut keyed = post("bob", "keyed");
+    keyed.request = Some("bob-1".into());
+    let receipt = bus.dispatch(keyed).await.unwrap();
+    let last = bus.position().await.unwrap().get();
+    let events = bus.read_log(0, last).await.unwrap();
+    let texts: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        texts.iter().filter(|t| t.ends_with(":once")).count(),
+        1,
+        "the keyless post is in the log once: {texts:?}"
+    );
+    assert_eq!(
+        texts.iter().filter(|t| t.ends_with(":keyed")).count(),
+        1,
+        "the keyed post is in the log once: {texts:?}"
+    );
+    assert_eq!(receipt.output, 2);
 }

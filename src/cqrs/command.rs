@@ -325,6 +325,7 @@ where
             kind: MessageKind::Command,
             name: std::any::type_name::<C>(),
             message: &command,
+            idempotent: command.idempotency_key().is_some(),
         };
         let handler = || -> BoxedOutcome<'_> {
             let command = command.clone();

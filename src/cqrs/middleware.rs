@@ -31,6 +31,11 @@ pub struct Envelope<'a> {
     pub name: &'static str,
     /// The message itself, to downcast to the types a middleware knows.
     pub message: &'a (dyn Any + Send + Sync),
+    /// Whether running the message again is safe after a failure whose
+    /// effect is unknown: every query, and a command with an
+    /// [`idempotency_key`](super::Command::idempotency_key) (a re-run finds
+    /// the first commit and writes nothing). [`Retry`] re-runs only these.
+    pub idempotent: bool,
 }
 
 impl fmt::Debug for Envelope<'_> {
@@ -184,6 +189,13 @@ where
 
 /// Retries messages that failed for an infrastructure reason that may
 /// pass ([`Error::is_transient`]), with a doubling pause.
+///
+/// Only messages that are safe to run again are retried
+/// ([`Envelope::idempotent`]): queries, and commands with an idempotency
+/// key. A store error may mean the write was committed (the `Store`
+/// contract), so re-running a command without a key could write it twice;
+/// such a command runs once and its failure is returned as it is. Give
+/// commands a key to have them retried.
 #[derive(Debug, Clone, Copy)]
 pub struct Retry {
     /// Attempts after the first.
@@ -193,7 +205,10 @@ pub struct Retry {
 }
 
 impl Middleware for Retry {
-    fn call<'a>(&'a self, _envelope: &'a Envelope<'a>, next: Next<'a>) -> BoxedOutcome<'a> {
+    fn call<'a>(&'a self, envelope: &'a Envelope<'a>, next: Next<'a>) -> BoxedOutcome<'a> {
+        if !envelope.idempotent {
+            return next.run();
+        }
         Box::pin(async move {
             let mut attempt = 0;
             loop {

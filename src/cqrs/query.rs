@@ -235,6 +235,7 @@ impl<W: Watermark> QueryBus<W> {
             kind: MessageKind::Query,
             name: std::any::type_name::<Q>(),
             message: &query,
+            idempotent: true,
         };
         let handler = || -> BoxedOutcome<'_> {
             let query = query.clone();
