@@ -36,6 +36,41 @@ fn entry<V>(value: Option<V>) -> Cached<V> {
 }
 
 #[tokio::test]
+async fn a_namespace_that_contains_a_colon_shares_no_key_with_another() {
+    let base = fresh_namespace("colon");
+    let users = redis_tier::<String, String>(&base).await;
+    let admins = redis_tier::<String, String>(&format!("{base}:admin")).await;
+    users
+        .insert("admin:1".into(), entry(Some("a user".into())), None)
+        .await
+        .unwrap();
+    admins
+        .insert("1".into(), entry(Some("an admin".into())), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        users
+            .get(&"admin:1".to_string())
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        Some("a user".into())
+    );
+    assert_eq!(
+        admins.get(&"1".to_string()).await.unwrap().unwrap().value,
+        Some("an admin".into()),
+        "not overwritten by the other namespace's key"
+    );
+    users.clear().await.unwrap();
+    assert!(
+        admins.get(&"1".to_string()).await.unwrap().is_some(),
+        "clearing one namespace leaves the other's entries"
+    );
+    admins.clear().await.unwrap();
+}
+
+#[tokio::test]
 async fn entries_round_trip_expire_and_clear_within_their_namespace() {
     let ns = fresh_namespace("basics");
     let tier = redis_tier::<u64, String>(&ns).await;
@@ -261,7 +296,10 @@ mod across_processes {
         let database = Arc::new(MemoryStore::<u64, String>::new());
         let a = local_cache(&database, &channel).await;
         let b = local_cache(&database, &channel).await;
-        a.put(1, "v1".into()).await.unwrap();
+        // v1 is in the database before either cache writes, so no
+        // invalidation is in flight when B caches it (a put through A
+        // here would send one that may land after B's fill and drop it).
+        database.put(1, "v1".into()).await.unwrap();
         assert_eq!(b.get(&1).await.unwrap(), Some("v1".into()));
         assert!(
             b.tier().get(&1).await.unwrap().is_some(),

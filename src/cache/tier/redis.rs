@@ -23,7 +23,8 @@ const SCAN_BATCH: usize = 500;
 /// cache: what one process loads, the others hit, and a write through any
 /// of them removes or replaces the entry for all.
 ///
-/// Keys are stored under `scalekit:<namespace>:` followed by the key's
+/// Keys are stored under `scalekit:<length of the namespace>:<namespace>:`
+/// (so that no two namespaces share a key, `:` or not) followed by the key's
 /// [`Codec`] bytes; a value is a presence byte, the wall-clock load time
 /// (milliseconds since the Unix epoch, so refresh-ahead works across
 /// processes) and the value's codec bytes. A time-to-live becomes Redis
@@ -91,6 +92,14 @@ fn redis_error(operation: &'static str) -> impl Fn(redis::RedisError) -> Error {
             Error::backend("redis", operation, source)
         }
     }
+}
+
+/// The prefix of a namespace's keys: `scalekit:<length>:<namespace>:`.
+/// The length makes it unambiguous: without it, namespace `users` with
+/// key `admin:1` and namespace `users:admin` with key `1` would be one
+/// Redis key, and clearing one namespace would delete the other's entries.
+fn prefix(namespace: &str) -> String {
+    format!("scalekit:{}:{namespace}:", namespace.len())
 }
 
 /// Checks a name that becomes part of Redis keys or channels: non-empty
@@ -387,9 +396,22 @@ impl<K, V> RedisTierBuilder<K, V> {
             })?;
         Ok(RedisTier {
             connection,
-            prefix: format!("scalekit:{namespace}:").into_bytes().into(),
+            prefix: prefix(&namespace).into_bytes().into(),
             default_ttl: self.time_to_live,
             types: PhantomData,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix;
+
+    #[test]
+    fn no_namespace_and_key_spell_another_namespace_s_key() {
+        let a = [prefix("users").as_bytes(), b"admin:1"].concat();
+        let b = [prefix("users:admin").as_bytes(), b"1"].concat();
+        assert_ne!(a, b);
+        assert!(!prefix("users:admin").starts_with(&prefix("users")));
     }
 }
