@@ -276,7 +276,8 @@ mod read_side {
 
     use proptest::prelude::*;
     use scalekit::cqrs::{
-        CommandBus, EventSource, Projection, Query, QueryBus, QueryError, QueryHandler, Recorded,
+        CommandBus, EventSource, Projection, ProjectionOptions, Query, QueryBus, QueryError,
+        QueryHandler, Recorded,
     };
     use scalekit::store::Scan;
     use scalekit::{MemoryStore, Store};
@@ -542,6 +543,130 @@ mod read_side {
             "only the new event applied"
         );
         assert!(second.is_caught_up().await.unwrap());
+        // The set-aside event outlived the restart: it was recorded before
+        // the checkpoint passed it.
+        let dead = second.dead_events();
+        assert_eq!(dead.len(), 1, "still known after the restart");
+        assert_eq!(dead[0].event.sequence, 1);
+        assert!(dead[0].event.event.contains("poison"));
+        assert_eq!(dead[0].attempts, 4, "the first try and three retries");
+        assert!(dead[0].error.to_string().contains("cannot apply"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn set_aside_events_are_replayed_once_their_cause_is_fixed_and_then_forgotten() {
+        let bus = bus();
+        let checkpoints = MemoryStore::<String, Vec<u8>>::new().into_dyn();
+        let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let applied = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let start = || {
+            let source: Arc<dyn EventSource<String>> = Arc::new(bus.clone());
+            let (fixed, applied) = (Arc::clone(&fixed), Arc::clone(&applied));
+            let options = ProjectionOptions {
+                retries: 1,
+                backoff: Duration::from_millis(1),
+                ..ProjectionOptions::default()
+            };
+            Projection::start_with(
+                "replayed",
+                source,
+                Timelines::new(),
+                Arc::clone(&checkpoints),
+                options,
+                move |recorded: Recorded<String>, _: Arc<Timelines>| {
+                    let (fixed, applied) = (Arc::clone(&fixed), Arc::clone(&applied));
+                    async move {
+                        if recorded.event.contains("poison") && !fixed.load(Ordering::SeqCst) {
+                            return Err("a bug".into());
+                        }
+                        applied.lock().unwrap().push(recorded.sequence);
+                        Ok(())
+                    }
+                },
+            )
+        };
+        let first = start().await.unwrap();
+        for text in ["a", "poison 1", "b", "poison 2"] {
+            bus.dispatch(post("ann", text)).await.unwrap();
+        }
+        let end = bus.position().await.unwrap();
+        first.wait_for(end, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(first.dead_events().len(), 2);
+        assert_eq!(
+            first.dead_events()[0].attempts,
+            2,
+            "retries are configurable"
+        );
+        drop(first);
+        fixed.store(true, Ordering::SeqCst);
+        let second = start().await.unwrap();
+        assert_eq!(second.dead_events().len(), 2);
+        assert_eq!(second.replay_dead_events().await.unwrap(), 2);
+        assert!(second.dead_events().is_empty());
+        assert_eq!(*applied.lock().unwrap(), vec![0, 2, 1, 3]);
+        drop(second);
+        let third = start().await.unwrap();
+        assert!(third.dead_events().is_empty(), "forgotten once replayed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_its_limit_of_set_aside_events_a_projection_stops_instead_of_skipping() {
+        let bus = bus();
+        let checkpoints = MemoryStore::<String, Vec<u8>>::new().into_dyn();
+        let source: Arc<dyn EventSource<String>> = Arc::new(bus.clone());
+        let options = ProjectionOptions {
+            retries: 0,
+            max_dead_events: 1,
+            batch: 1,
+            ..ProjectionOptions::default()
+        };
+        let projection = Projection::start_with(
+            "bounded",
+            source,
+            Timelines::new(),
+            Arc::clone(&checkpoints),
+            options,
+            |recorded: Recorded<String>, _: Arc<Timelines>| async move {
+                if recorded.event.contains("poison") {
+                    return Err("cannot apply".into());
+                }
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+        for text in ["poison 1", "poison 2", "fine"] {
+            bus.dispatch(post("ann", text)).await.unwrap();
+        }
+        let stale = projection
+            .wait_for(bus.position().await.unwrap(), Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            stale.reached.get(),
+            1,
+            "stopped before the second poison event"
+        );
+        assert_eq!(projection.dead_events().len(), 1);
+        let bad = ProjectionOptions {
+            max_dead_events: 0,
+            ..ProjectionOptions::default()
+        };
+        let source: Arc<dyn EventSource<String>> = Arc::new(bus.clone());
+        let error = Projection::start_with(
+            "bad",
+            source,
+            Timelines::new(),
+            checkpoints,
+            bad,
+            |_, _| async { Ok(()) },
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(error.kind(), scalekit::ErrorKind::Config { .. }),
+            "{error}"
+        );
     }
 }
 

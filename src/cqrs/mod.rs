@@ -12,6 +12,7 @@
 //! | a command retried by a client not to be applied twice | [`Command::idempotency_key`]: the first result is stored with the writes and returned again |
 //! | a later read to see a command's effect | the [`Receipt::token`] a command returns: the log position after its events |
 //! | read models built from the events, that say how far they are | [`Projection`]: applies the log in order, keeps a durable checkpoint, [`position`](Projection::position), [`rebuild`](Projection::rebuild) into a shadow read model |
+//! | an event a projection cannot apply | retried ([`ProjectionOptions`]), then set aside as a [`DeadEvent`], recorded in the checkpoint store before the checkpoint passes it (so it survives restarts), bounded (past the limit the projection stops rather than skip), listed by [`dead_events`](Projection::dead_events) and applied again by [`replay_dead_events`](Projection::replay_dead_events) |
 //! | a query that sees its own command, or says it cannot | [`QueryBus::query_after`] with the command's token: waits for the projection, then [`QueryError::Stale`] rather than old data |
 //! | validation, timing and retries around every command and query | one [`Middleware`] pipeline: [`Validate`], [`Timing`], [`Retry`] (and your own layers), added with `.layer(..)` on either bus; idempotency is the command bus's own, because the key must be stored with the command's writes |
 //!
@@ -87,6 +88,7 @@ mod middleware;
 mod projection;
 mod query;
 mod registry;
+mod set_aside;
 
 pub use self::command::{
     Command, CommandBus, CommandBusBuilder, CommandContext, CommandError, CommandHandler, Receipt,
@@ -97,5 +99,5 @@ pub use self::middleware::{
     BoxedOutcome, Envelope, Failure, MessageKind, Middleware, Next, Outcome, Pipeline, Retry,
     Timing, Timings, Validate,
 };
-pub use self::projection::{DeadEvent, EventSource, Projection, Stale};
+pub use self::projection::{DeadEvent, EventSource, Projection, ProjectionOptions, Stale};
 pub use self::query::{Query, QueryBus, QueryBusBuilder, QueryError, QueryHandler, Watermark};

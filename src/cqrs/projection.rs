@@ -14,6 +14,8 @@ use tokio::task::JoinHandle;
 
 use super::command::{CommandBus, Recorded};
 use super::log::{self, WriteStore};
+use super::set_aside;
+pub use super::set_aside::DeadEvent;
 use crate::codec::Codec;
 use crate::events::HandlerError;
 use crate::store::DynStore;
@@ -51,14 +53,52 @@ where
     }
 }
 
-/// An event the projection could not apply after its retries: set aside,
-/// and the projection went on.
-#[derive(Debug, Clone)]
-pub struct DeadEvent<E> {
-    /// The event.
-    pub event: Recorded<E>,
-    /// The last error.
-    pub error: Arc<HandlerError>,
+/// How a projection retries and batches; see [`Projection::start_with`].
+/// Set the fields you need and take the rest from the default
+/// (`ProjectionOptions { retries: 5, ..ProjectionOptions::default() }`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProjectionOptions {
+    /// Attempts after the first before an event is set aside (default 3).
+    pub retries: u32,
+    /// The pause before the first retry, doubling per retry (default 5 ms).
+    pub backoff: Duration,
+    /// Events applied per checkpoint (default 256).
+    pub batch: u64,
+    /// How often it looks for new events when no commit wakes it
+    /// (default 50 ms).
+    pub poll: Duration,
+    /// The most events set aside at once (default 10,000). Past it the
+    /// projection stops before the next event it cannot apply and retries
+    /// its batch: it lags (visibly) rather than skip an event it could not
+    /// record.
+    pub max_dead_events: usize,
+}
+
+impl Default for ProjectionOptions {
+    fn default() -> Self {
+        ProjectionOptions {
+            retries: 3,
+            backoff: Duration::from_millis(5),
+            batch: 256,
+            poll: Duration::from_millis(50),
+            max_dead_events: 10_000,
+        }
+    }
+}
+
+impl ProjectionOptions {
+    fn check(&self) -> Result<()> {
+        let problem = if self.batch == 0 {
+            "batch must be at least 1"
+        } else if self.poll.is_zero() {
+            "poll must be longer than zero"
+        } else if self.max_dead_events == 0 {
+            "max_dead_events must be at least 1"
+        } else {
+            return Ok(());
+        };
+        Err(Error::config(COMPONENT, problem))
+    }
 }
 
 type Apply<R, E> = Arc<
@@ -76,9 +116,7 @@ struct Inner<R, E> {
     source: Arc<dyn EventSource<E>>,
     checkpoints: Arc<dyn DynStore<Key = String, Value = Vec<u8>>>,
     apply: Apply<R, E>,
-    retries: u32,
-    batch: u64,
-    poll: Duration,
+    options: ProjectionOptions,
     read_model: RwLock<Arc<R>>,
     checkpoint: AtomicU64,
     /// Held while a batch is applied and its checkpoint written (a rebuild
@@ -147,12 +185,12 @@ where
     /// Starts the projection `name` over `source`, applying each event to
     /// `read_model` with `apply` (which must tolerate an event applied
     /// twice: after a crash, events past the last checkpoint are applied
-    /// again), from the checkpoint kept in `checkpoints`.
+    /// again), from the checkpoint kept in `checkpoints`, with the default
+    /// [`ProjectionOptions`].
     ///
     /// # Errors
     ///
-    /// The checkpoint store's errors; [`ErrorKind::Config`](crate::ErrorKind::Config)
-    /// outside a tokio runtime.
+    /// As [`start_with`](Self::start_with).
     pub async fn start<F, Fut>(
         name: impl Into<String>,
         source: Arc<dyn EventSource<E>>,
@@ -164,6 +202,39 @@ where
         F: Fn(Recorded<E>, Arc<R>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<(), HandlerError>> + Send + 'static,
     {
+        Self::start_with(
+            name,
+            source,
+            read_model,
+            checkpoints,
+            ProjectionOptions::default(),
+            apply,
+        )
+        .await
+    }
+
+    /// [`start`](Self::start) with the given options. The events set aside
+    /// by an earlier run are read back from `checkpoints` (and the log).
+    ///
+    /// # Errors
+    ///
+    /// The checkpoint store's and the event source's errors;
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) outside a tokio
+    /// runtime or for options that cannot work (a batch or limit of 0, a
+    /// zero poll).
+    pub async fn start_with<F, Fut>(
+        name: impl Into<String>,
+        source: Arc<dyn EventSource<E>>,
+        read_model: R,
+        checkpoints: Arc<dyn DynStore<Key = String, Value = Vec<u8>>>,
+        options: ProjectionOptions,
+        apply: F,
+    ) -> Result<Self>
+    where
+        F: Fn(Recorded<E>, Arc<R>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), HandlerError>> + Send + 'static,
+    {
+        options.check()?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::config(COMPONENT, "start projections inside a tokio runtime"))?;
         let name = name.into();
@@ -171,19 +242,29 @@ where
             Some(bytes) => log::decode::<u64>("value", &bytes)?,
             None => 0,
         };
+        let mut dead = Vec::new();
+        if let Some(bytes) = checkpoints.dyn_get(&set_aside::key(&name)).await? {
+            for entry in set_aside::decode(&bytes)? {
+                for event in source.read(entry.sequence, entry.sequence + 1).await? {
+                    dead.push(DeadEvent {
+                        event,
+                        error: Arc::new(HandlerError::from(entry.error.clone())),
+                        attempts: entry.attempts,
+                    });
+                }
+            }
+        }
         let inner = Arc::new(Inner {
             name,
             source,
             checkpoints,
             apply: Arc::new(move |event, model| Box::pin(apply(event, model))),
-            retries: 3,
-            batch: 256,
-            poll: Duration::from_millis(50),
+            options,
             read_model: RwLock::new(Arc::new(read_model)),
             checkpoint: AtomicU64::new(checkpoint),
             applying: tokio::sync::Mutex::new(()),
             advanced: Notify::new(),
-            dead: Mutex::new(Vec::new()),
+            dead: Mutex::new(dead),
             task: Mutex::new(None),
         });
         let task = runtime.spawn(run(Arc::downgrade(&inner)));
@@ -216,13 +297,47 @@ where
         Ok(self.position() >= self.inner.source.position().await?)
     }
 
-    /// The events it set aside.
+    /// The events it set aside, oldest first: also those an earlier run
+    /// set aside (they are recorded in the checkpoint store before the
+    /// checkpoint passes them).
     pub fn dead_events(&self) -> Vec<DeadEvent<E>> {
+        self.inner.dead().clone()
+    }
+
+    /// Applies the set-aside events again (each with its retries, between
+    /// two batches), in order, and forgets those that now apply; returns
+    /// how many did. Those that still fail stay set aside, with their new
+    /// error. Run it once the cause is fixed (a handler bug, a missing
+    /// row).
+    ///
+    /// # Errors
+    ///
+    /// The checkpoint store's errors (what is recorded stays as it was;
+    /// an event applied meanwhile is applied again by the next call, which
+    /// `apply` tolerates).
+    pub async fn replay_dead_events(&self) -> Result<usize> {
+        let _applying = self.inner.applying.lock().await;
+        let model = Arc::clone(
+            &self
+                .inner
+                .read_model
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let waiting = self.inner.dead().clone();
+        let mut still = Vec::new();
+        for dead in &waiting {
+            if let Err(again) = apply_one(&self.inner, &model, dead.event.clone()).await {
+                still.push(again);
+            }
+        }
+        let replayed = waiting.len() - still.len();
         self.inner
-            .dead
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .checkpoints
+            .dyn_put(set_aside::key(&self.inner.name), set_aside::encode(&still))
+            .await?;
+        *self.inner.dead() = still;
+        Ok(replayed)
     }
 
     /// Waits until it has applied everything below `token`, up to
@@ -266,12 +381,14 @@ where
     pub async fn rebuild(&self, shadow: R) -> Result<()> {
         let shadow = Arc::new(shadow);
         let mut done = 0;
+        let batch = self.inner.options.batch;
         loop {
             let target = self.position().get();
-            if done + self.inner.batch >= target {
+            if done + batch >= target {
                 let _applying = self.inner.applying.lock().await;
                 let target = self.position().get();
-                apply_range(&self.inner, &shadow, done, target).await?;
+                let failed = apply_range(&self.inner, &shadow, done, target).await?;
+                self.inner.set_aside(failed).await?;
                 *self
                     .inner
                     .read_model
@@ -279,8 +396,9 @@ where
                     .unwrap_or_else(PoisonError::into_inner) = shadow;
                 return Ok(());
             }
-            let to = target.min(done + self.inner.batch);
-            apply_range(&self.inner, &shadow, done, to).await?;
+            let to = target.min(done + batch);
+            let failed = apply_range(&self.inner, &shadow, done, to).await?;
+            self.inner.set_aside(failed).await?;
             done = to;
         }
     }
@@ -290,42 +408,92 @@ fn checkpoint_key(name: &str) -> String {
     format!("projection/{name}/checkpoint")
 }
 
-/// Applies events `from..to` to `model`, each with its retries; what
-/// never succeeds is set aside.
+impl<R, E: Clone> Inner<R, E> {
+    fn dead(&self) -> std::sync::MutexGuard<'_, Vec<DeadEvent<E>>> {
+        self.dead.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records `failed` with the events set aside before (one entry per
+    /// sequence), durably, then in memory. Refused past the limit: the
+    /// caller must not move its checkpoint past them.
+    async fn set_aside(&self, failed: Vec<DeadEvent<E>>) -> Result<()> {
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let mut all = self.dead().clone();
+        for dead in failed {
+            tracing::warn!(projection = %self.name, sequence = dead.event.sequence, error = %dead.error, "event set aside");
+            match all
+                .iter_mut()
+                .find(|d| d.event.sequence == dead.event.sequence)
+            {
+                Some(known) => *known = dead,
+                None => all.push(dead),
+            }
+        }
+        if all.len() > self.options.max_dead_events {
+            return Err(Error::unavailable(
+                COMPONENT,
+                format!(
+                    "projection {:?} has {} events set aside, more than its limit of {}: it stops here until they are replayed",
+                    self.name,
+                    all.len(),
+                    self.options.max_dead_events
+                ),
+            ));
+        }
+        self.checkpoints
+            .dyn_put(set_aside::key(&self.name), set_aside::encode(&all))
+            .await?;
+        *self.dead() = all;
+        Ok(())
+    }
+}
+
+/// Applies one event with its retries; the dead event if it never does.
+async fn apply_one<R, E: Clone + Send + Sync + 'static>(
+    inner: &Inner<R, E>,
+    model: &Arc<R>,
+    event: Recorded<E>,
+) -> std::result::Result<(), DeadEvent<E>> {
+    let options = &inner.options;
+    let mut attempt = 0;
+    loop {
+        match (inner.apply)(event.clone(), Arc::clone(model)).await {
+            Ok(()) => return Ok(()),
+            Err(error) if attempt >= options.retries => {
+                return Err(DeadEvent {
+                    event,
+                    error: Arc::new(error),
+                    attempts: attempt + 1,
+                })
+            }
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(options.backoff * (1 << (attempt - 1).min(16))).await;
+            }
+        }
+    }
+}
+
+/// Applies events `from..to` to `model`, each with its retries; returns
+/// those that never applied, to be set aside.
 async fn apply_range<R, E: Clone + Send + Sync + 'static>(
     inner: &Inner<R, E>,
     model: &Arc<R>,
     from: u64,
     to: u64,
-) -> Result<()> {
+) -> Result<Vec<DeadEvent<E>>> {
+    let mut failed = Vec::new();
     if from >= to {
-        return Ok(());
+        return Ok(failed);
     }
     for event in inner.source.read(from, to).await? {
-        let mut attempt = 0;
-        loop {
-            match (inner.apply)(event.clone(), Arc::clone(model)).await {
-                Ok(()) => break,
-                Err(error) if attempt >= inner.retries => {
-                    tracing::warn!(projection = %inner.name, sequence = event.sequence, %error, "event set aside");
-                    inner
-                        .dead
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(DeadEvent {
-                            event,
-                            error: Arc::new(error),
-                        });
-                    break;
-                }
-                Err(_) => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(5) * attempt).await;
-                }
-            }
+        if let Err(dead) = apply_one(inner, model, event).await {
+            failed.push(dead);
         }
     }
-    Ok(())
+    Ok(failed)
 }
 
 /// Applies new events batch by batch until the projection is dropped.
@@ -346,12 +514,12 @@ async fn run<R: Send + Sync + 'static, E: Clone + Send + Sync + 'static>(
             }
         };
         if checkpoint >= target {
-            let poll = inner.poll;
+            let poll = inner.options.poll;
             drop(inner);
             let _ = tokio::time::timeout(poll, commits.changed()).await;
             continue;
         }
-        let to = target.min(checkpoint + inner.batch);
+        let to = target.min(checkpoint + inner.options.batch);
         let applying = inner.applying.lock().await;
         let model = Arc::clone(
             &inner
@@ -360,7 +528,10 @@ async fn run<R: Send + Sync + 'static, E: Clone + Send + Sync + 'static>(
                 .unwrap_or_else(PoisonError::into_inner),
         );
         let applied = async {
-            apply_range(&inner, &model, checkpoint, to).await?;
+            // Set-aside events are recorded before the checkpoint passes
+            // them: a crash in between applies the batch again.
+            let failed = apply_range(&inner, &model, checkpoint, to).await?;
+            inner.set_aside(failed).await?;
             inner
                 .checkpoints
                 .dyn_put(checkpoint_key(&inner.name), log::encode("value", &to)?)
@@ -378,7 +549,7 @@ async fn run<R: Send + Sync + 'static, E: Clone + Send + Sync + 'static>(
             Err(error) => {
                 drop(applying);
                 tracing::warn!(projection = %inner.name, %error, "a batch will be applied again");
-                let poll = inner.poll;
+                let poll = inner.options.poll;
                 drop(inner);
                 tokio::time::sleep(poll).await;
             }
