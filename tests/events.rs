@@ -743,3 +743,88 @@ proptest! {
             .block_on(ordering_and_delivery(publishers, workers, per_key, fail_one_in));
     }
 }
+
+/// A store whose answers come back after the commit, each after its own
+/// delay: a later commit can answer first, as over a network.
+#[derive(Debug, Default)]
+struct SlowAnswers {
+    inner: MemoryStore<u64, String>,
+    calls: AtomicU64,
+}
+
+impl Store for SlowAnswers {
+    type Key = u64;
+    type Value = String;
+
+    async fn get(&self, key: &u64) -> scalekit::Result<Option<String>> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: u64, value: String) -> scalekit::Result<scalekit::Position> {
+        let position = self.inner.put(key, value).await?;
+        // Odd calls answer late, even ones at once.
+        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_micros(if n % 2 == 0 { 2_000 } else { 0 })).await;
+        Ok(position)
+    }
+    async fn delete(&self, key: &u64) -> scalekit::Result<scalekit::Position> {
+        self.inner.delete(key).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_of_one_key_are_published_in_commit_order() {
+    let bus = EventBus::new();
+    let topic = bus.topic::<Change<u64, String>>("ordered").unwrap();
+    let last = Arc::new(Mutex::new(BTreeMap::<u64, (String, u64)>::new()));
+    let inversions = Arc::new(AtomicU64::new(0));
+    let (record, inverted) = (Arc::clone(&last), Arc::clone(&inversions));
+    // A consumer that applies each change's value, as a cache would.
+    let group = topic
+        .group("mirror")
+        .subscribe(move |event: Event<Change<u64, String>>| {
+            let (record, inverted) = (Arc::clone(&record), Arc::clone(&inverted));
+            async move {
+                let change = event.payload();
+                let mut mirror = record.lock().unwrap();
+                let position = change.position.get();
+                if let Some((_, seen)) = mirror.get(&change.key) {
+                    if *seen > position {
+                        inverted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                let value = change.value.clone().unwrap_or_default();
+                mirror.insert(change.key, (value, position));
+                Ok(())
+            }
+        })
+        .unwrap();
+    let layer = Arc::new(Publishing::new(SlowAnswers::default(), topic.clone()));
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let layer = Arc::clone(&layer);
+            tokio::spawn(async move {
+                for i in 0..100u64 {
+                    layer.put(i % 3, format!("w{w} i{i}")).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    group.caught_up().await;
+    assert_eq!(
+        inversions.load(Ordering::Relaxed),
+        0,
+        "a key's changes arrived out of commit order"
+    );
+    let mirror = last.lock().unwrap().clone();
+    for key in 0..3u64 {
+        assert_eq!(
+            Some(mirror[&key].0.clone()),
+            layer.get(&key).await.unwrap(),
+            "key {key}: the consumer ends where the store is"
+        );
+    }
+    bus.shutdown().await;
+}

@@ -128,6 +128,16 @@ where
 /// bus is shut down), the write's caller gets that error: the store has
 /// the write, its subscribers do not.
 ///
+/// **Order.** Within one `Publishing`, a key's changes are published in
+/// the order the store committed them: writes of the same key (by lock
+/// stripe) hold a lock from the store call until their events are
+/// published, so a write that commits later cannot publish first. Across
+/// processes (two layers over one store) no lock is shared: each change
+/// carries the store's [`position`](Change::position), and a consumer that
+/// may hear of a key's changes from several writers must keep the change
+/// with the highest position (the `data_layer` example's cache
+/// invalidation does).
+///
 /// ```
 /// use scalekit::events::{Change, EventBus, Publishing};
 /// use scalekit::{MemoryStore, Store};
@@ -154,7 +164,13 @@ where
 pub struct Publishing<S: Store, T = Topic<Change<<S as Store>::Key, <S as Store>::Value>>> {
     store: S,
     topic: T,
+    /// Held by a write of a key of the stripe from its store call until
+    /// its events are published.
+    stripes: Box<[tokio::sync::Mutex<()>]>,
 }
+
+/// Lock stripes of a [`Publishing`] layer.
+const STRIPES: usize = 256;
 
 impl<S: Store, T: ChangeTopic<S::Key, S::Value>> fmt::Debug for Publishing<S, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -168,7 +184,11 @@ impl<S: Store, T: ChangeTopic<S::Key, S::Value>> fmt::Debug for Publishing<S, T>
 impl<S: Store, T: ChangeTopic<S::Key, S::Value>> Publishing<S, T> {
     /// Wraps `store`, publishing its changes to `topic`.
     pub fn new(store: S, topic: T) -> Self {
-        Publishing { store, topic }
+        Publishing {
+            store,
+            topic,
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
     }
 
     /// The wrapped store.
@@ -203,6 +223,20 @@ where
             .iter()
             .map(|write| event_key(write.key()))
             .collect::<Result<Vec<_>>>()?;
+        let mut stripes: Vec<usize> = keys
+            .iter()
+            .map(|key| {
+                use std::hash::BuildHasher;
+                foldhash::fast::FixedState::with_seed(0).hash_one(key.as_bytes()) as usize % STRIPES
+            })
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        // In stripe order, so two batches never wait for each other.
+        let mut held = Vec::with_capacity(stripes.len());
+        for stripe in stripes {
+            held.push(self.stripes[stripe].lock().await);
+        }
         let changes: Vec<(S::Key, Option<S::Value>)> = batch
             .iter()
             .map(|write| match write {
@@ -233,6 +267,7 @@ where
             })
             .collect();
         self.topic.publish_changes(events).await?;
+        drop(held);
         Ok(position)
     }
 }
