@@ -102,6 +102,7 @@ pub mod codec;
 pub mod cqrs;
 mod error;
 pub mod events;
+mod join;
 pub mod position;
 pub mod replica;
 pub mod shard;

@@ -235,3 +235,36 @@ async fn a_batch_is_one_transaction() {
     );
     drop_table(&table).await;
 }
+
+#[tokio::test]
+async fn a_server_that_stops_answering_makes_calls_time_out_instead_of_hanging() {
+    let table = fresh_table("hung");
+    let proxy = common::FreezingProxy::start("127.0.0.1:5432").await;
+    let hung: PostgresStore<u64, String> = PostgresStore::builder()
+        .url(format!("postgres://postgres@{}/test", proxy.addr))
+        .table(&table)
+        .pool_size(2)
+        .call_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    hung.put(1, "one".into()).await.unwrap();
+    proxy.freeze();
+    let calls = tokio::time::timeout(Duration::from_secs(10), async {
+        let started = tokio::time::Instant::now();
+        let read = hung.get(&1).await.unwrap_err();
+        let write = hung.put(2, "two".into()).await.unwrap_err();
+        let position = scalekit::replica::Positioned::applied_position(&hung)
+            .await
+            .unwrap_err();
+        (read, write, position, started.elapsed())
+    })
+    .await
+    .expect("no call hangs on a server that stopped answering");
+    for error in [&calls.0, &calls.1, &calls.2] {
+        assert!(matches!(error.kind(), ErrorKind::Timeout { .. }), "{error}");
+    }
+    assert!(calls.3 < Duration::from_secs(3), "{:?}", calls.3);
+    proxy.thaw();
+    drop_table(&table).await;
+}

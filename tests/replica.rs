@@ -890,3 +890,47 @@ async fn past_its_limit_a_stalled_replica_costs_waits_not_memory_or_stale_reads(
     assert_eq!(users.get(&99).await.unwrap(), None);
     assert!(set.stats().spills_to_primary > 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_replica_neither_freezes_the_monitor_nor_stretches_a_token_wait() {
+    let primary = Primary::new();
+    let hung = replica(&primary, Duration::ZERO, Duration::ZERO).await;
+    let healthy = replica(&primary, Duration::from_millis(5), Duration::ZERO).await;
+    let set = ReplicaSet::builder()
+        .primary(primary.clone())
+        .replica("hung", Arc::clone(&hung))
+        .replica("healthy", healthy)
+        .poll_interval(Duration::from_millis(10))
+        .token_wait(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
+    hung.set_hanging(true); // accepts, never answers
+    let checked = tokio::time::timeout(Duration::from_secs(30), async {
+        set.put(1, "one".into()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A write while the hung replica's probe is still out: its lag
+        // must be seen within a few polls, not after the probe times out.
+        let token = set.put(1, "two".into()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stats = set.stats();
+        let healthy = stats.replicas.iter().find(|r| r.name == "healthy").unwrap();
+        assert!(
+            healthy.applied >= token.get(),
+            "the monitor still follows the healthy replica: {stats:?}"
+        );
+        // A token no replica reaches: the wait ends at the token wait,
+        // however long the hung replica keeps its answer.
+        let started = tokio::time::Instant::now();
+        let far = scalekit::Position::new(token.get() + 1_000);
+        let _ = set.get_after(&1, far).await;
+        started.elapsed()
+    })
+    .await;
+    let waited = checked.expect("nothing waits for the hung replica");
+    assert!(
+        waited <= Duration::from_millis(50) * 3,
+        "the token wait is bounded: {waited:?}"
+    );
+    hung.set_hanging(false);
+}

@@ -69,6 +69,8 @@ struct Config {
     read_timeout: Option<Duration>,
     failure_penalty: Duration,
     poll_interval: Duration,
+    /// How long one position probe may take before it counts as failed.
+    probe_timeout: Duration,
     health_checks: bool,
 }
 
@@ -87,18 +89,19 @@ struct Inner<P, R> {
     budget: SpillBudget,
     counters: SetCounters,
     round_robin: AtomicUsize,
-    monitor: Mutex<Option<JoinHandle<()>>>,
+    /// The pollers: the primary's, then one per replica.
+    monitor: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl<P, R> Drop for Inner<P, R> {
     fn drop(&mut self) {
-        if let Some(monitor) = self
+        for poller in self
             .monitor
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
-            .take()
+            .drain(..)
         {
-            monitor.abort();
+            poller.abort();
         }
     }
 }
@@ -407,11 +410,25 @@ where
         let mut pause = Duration::from_millis(1);
         let found = loop {
             let now = self.now();
-            for replica in self.replicas.iter() {
-                if replica.lag.applied() < token && !replica.health.is_ejected(now) {
-                    if let Ok(position) = replica.store.applied_position().await {
-                        replica.lag.set_applied(position.get());
-                    }
+            let left = Duration::from_nanos(deadline.saturating_sub(now));
+            let behind = self
+                .replicas
+                .iter()
+                .filter(|r| r.lag.applied() < token && !r.health.is_ejected(now));
+            // All at once, none past the deadline: a hung replica cannot
+            // hold the wait.
+            let answers = crate::join::join_all(
+                behind
+                    .map(|replica| async move {
+                        let probe = self.probe(&replica.store, left.min(self.config.probe_timeout));
+                        (replica, probe.await)
+                    })
+                    .collect(),
+            )
+            .await;
+            for (replica, answer) in answers {
+                if let Ok(position) = answer {
+                    replica.lag.set_applied(position.get());
                 }
             }
             let now = self.now();
@@ -505,31 +522,61 @@ where
     /// Asks the primary and every replica for their positions; updates
     /// lag, and counts a failed answer against a replica's health.
     async fn refresh(&self) {
-        match self.primary.applied_position().await {
+        self.refresh_primary().await;
+        crate::join::join_all(
+            (0..self.replicas.len())
+                .map(|index| self.refresh_replica(index))
+                .collect(),
+        )
+        .await;
+    }
+
+    /// Asks the primary for its position (within the probe timeout).
+    async fn refresh_primary(&self) {
+        match self.probe(&self.primary, self.config.probe_timeout).await {
             Ok(position) => self.saw_primary(position),
             Err(error) => tracing::warn!(%error, "cannot read the primary's position"),
         }
         let now = self.now();
-        let primary = self.primary_position.load(Ordering::Relaxed);
-        self.history.record(primary, now);
-        for (index, replica) in self.replicas.iter().enumerate() {
-            match replica.store.applied_position().await {
-                Ok(position) => {
-                    replica.lag.set_applied(position.get());
-                    let behind_for = self.history.behind_for(position.get(), now);
-                    replica
-                        .lag
-                        .evaluate(primary, behind_for, &self.config.max_lag);
-                }
-                Err(error) => {
-                    tracing::debug!(replica = %replica.name, %error, "health check failed");
-                    if self.config.health_checks {
-                        bump(&replica.counters.errors);
-                        self.failed(index, self.now());
-                    }
+        self.history
+            .record(self.primary_position.load(Ordering::Relaxed), now);
+    }
+
+    /// Asks replica `index` for its position (within the probe timeout);
+    /// updates its lag, or counts the failure against its health.
+    async fn refresh_replica(&self, index: usize) {
+        let replica = &self.replicas[index];
+        match self.probe(&replica.store, self.config.probe_timeout).await {
+            Ok(position) => {
+                let now = self.now();
+                let primary = self.primary_position.load(Ordering::Relaxed);
+                replica.lag.set_applied(position.get());
+                let behind_for = self.history.behind_for(position.get(), now);
+                replica
+                    .lag
+                    .evaluate(primary, behind_for, &self.config.max_lag);
+            }
+            Err(error) => {
+                tracing::debug!(replica = %replica.name, %error, "health check failed");
+                if self.config.health_checks {
+                    bump(&replica.counters.errors);
+                    self.failed(index, self.now());
                 }
             }
         }
+    }
+
+    /// Asks `store` for its position within `limit`.
+    async fn probe<S: Positioned>(&self, store: &S, limit: Duration) -> Result<Position> {
+        tokio::time::timeout(limit, store.applied_position())
+            .await
+            .unwrap_or_else(|_| {
+                Err(ErrorKind::Timeout {
+                    operation: "position probe",
+                    after: limit,
+                }
+                .into())
+            })
     }
 }
 
@@ -546,7 +593,7 @@ fn two_at_random(n: usize) -> (usize, usize) {
     (a, b)
 }
 
-/// Polls positions (and health) every interval, and starts a new spill
+/// Polls the primary's position every interval, and starts a new spill
 /// budget window every second, until the set is dropped.
 async fn monitor<P, R>(inner: Weak<Inner<P, R>>, interval: Duration)
 where
@@ -560,11 +607,29 @@ where
     loop {
         ticks.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        inner.refresh().await;
+        inner.refresh_primary().await;
         if window_start.elapsed() >= Duration::from_secs(1) {
             inner.budget.roll();
             window_start = tokio::time::Instant::now();
         }
+    }
+}
+
+/// Polls one replica's position (its health check) every interval, until
+/// the set is dropped. Each replica has its own poller, so a hung one
+/// delays only its own checks.
+async fn monitor_replica<P, R>(inner: Weak<Inner<P, R>>, index: usize, interval: Duration)
+where
+    P: Positioned,
+    R: Positioned<Key = P::Key, Value = P::Value>,
+{
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        inner.refresh_replica(index).await;
     }
 }
 
@@ -766,6 +831,7 @@ where
                 read_timeout: None,
                 failure_penalty: Duration::from_secs(1),
                 poll_interval: Duration::from_millis(100),
+                probe_timeout: Duration::from_secs(1),
                 health_checks: true,
             },
             spill_share: 0.2,
@@ -854,6 +920,16 @@ where
         self
     }
 
+    /// How long asking a store for its position may take (default 1 s).
+    /// The replicas are asked at once, each within this bound, so one hung
+    /// replica neither freezes the lag and health tracking of the others
+    /// nor stretches a token wait; an answer that does not come in time
+    /// counts as a failed health check.
+    pub fn probe_timeout(mut self, timeout: Duration) -> Self {
+        self.config.probe_timeout = timeout;
+        self
+    }
+
     /// Whether a failed position poll counts against a replica's health
     /// (default yes: the poll is the active health check).
     pub fn health_checks(mut self, on: bool) -> Self {
@@ -908,11 +984,13 @@ where
             return Some("the ejection time must be above zero and at most its cap".into());
         }
         if config.poll_interval.is_zero()
+            || config.probe_timeout.is_zero()
             || self.ewma_decay.is_zero()
             || config.read_timeout.is_some_and(|t| t.is_zero())
         {
             return Some(
-                "the poll interval, EWMA decay and read timeout must be above zero".into(),
+                "the poll interval, probe timeout, EWMA decay and read timeout must be above zero"
+                    .into(),
             );
         }
         None
@@ -963,12 +1041,16 @@ where
             budget: SpillBudget::new(self.spill_share, self.spill_allowance),
             counters: SetCounters::default(),
             round_robin: AtomicUsize::new(0),
-            monitor: Mutex::new(None),
+            monitor: Mutex::new(Vec::new()),
             config: self.config,
         });
         inner.refresh().await;
-        let handle = runtime.spawn(monitor(Arc::downgrade(&inner), inner.config.poll_interval));
-        *inner.monitor.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
+        let interval = inner.config.poll_interval;
+        let mut pollers = vec![runtime.spawn(monitor(Arc::downgrade(&inner), interval))];
+        for index in 0..inner.replicas.len() {
+            pollers.push(runtime.spawn(monitor_replica(Arc::downgrade(&inner), index, interval)));
+        }
+        *inner.monitor.lock().unwrap_or_else(PoisonError::into_inner) = pollers;
         Ok(ReplicaSet { inner })
     }
 }

@@ -84,6 +84,9 @@ const POSITION_SQL: &str = "SELECT pg_current_wal_insert_lsn()";
 /// ```
 pub struct PostgresStore<K, V> {
     pool: Pool,
+    /// The longest one call may take, from waiting for a connection to
+    /// the last row.
+    call_timeout: Duration,
     table: String,
     statements: Arc<Statements>,
     types: PhantomData<fn() -> (K, V)>,
@@ -133,6 +136,7 @@ impl<K, V> PostgresStore<K, V> {
             pool_size: 16,
             connect_timeout: Duration::from_secs(5),
             wait_timeout: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(10),
             create_table: true,
             types: PhantomData,
         }
@@ -163,6 +167,24 @@ impl<K, V> PostgresStore<K, V> {
 
     async fn connection(&self) -> Result<Object> {
         self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Runs one call within the call timeout: a server that stops
+    /// answering is an [`ErrorKind::Timeout`], never a caller that hangs.
+    async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        tokio::time::timeout(self.call_timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ErrorKind::Timeout {
+                    operation,
+                    after: self.call_timeout,
+                }
+                .into())
+            })
     }
 
     /// Runs one write statement and reads the position after it, pipelined.
@@ -222,6 +244,54 @@ where
     type Value = V;
 
     async fn get(&self, key: &K) -> Result<Option<V>> {
+        self.bounded("get", self.get_unbounded(key)).await
+    }
+
+    async fn put(&self, key: K, value: V) -> Result<Position> {
+        let key = sql::encode("key", &key)?;
+        let value = sql::encode("value", &value)?;
+        self.bounded(
+            "put",
+            self.write("put", &self.statements.put, &[&key, &value]),
+        )
+        .await
+    }
+
+    async fn delete(&self, key: &K) -> Result<Position> {
+        let key = sql::encode("key", key)?;
+        self.bounded(
+            "delete",
+            self.write("delete", &self.statements.delete, &[&key]),
+        )
+        .await
+    }
+
+    async fn get_many(&self, keys: &[K]) -> Result<Vec<Option<V>>> {
+        self.bounded("get_many", self.get_many_unbounded(keys))
+            .await
+    }
+
+    async fn write_batch(&self, batch: Vec<Write<K, V>>) -> Result<Position> {
+        let batch = EncodedBatch::new(batch)?;
+        if batch.is_empty() {
+            return Ok(Position::ZERO);
+        }
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&batch.put_keys, &batch.put_values, &batch.delete_keys];
+        self.bounded(
+            "write_batch",
+            self.write("write_batch", &self.statements.batch, &params),
+        )
+        .await
+    }
+}
+
+impl<K, V> PostgresStore<K, V>
+where
+    K: Codec + Clone + Eq + Hash,
+    V: Codec + Clone,
+{
+    async fn get_unbounded(&self, key: &K) -> Result<Option<V>> {
         let key = sql::encode("key", key)?;
         let client = self.connection().await?;
         let statement = client
@@ -239,19 +309,7 @@ where
         .transpose()
     }
 
-    async fn put(&self, key: K, value: V) -> Result<Position> {
-        let key = sql::encode("key", &key)?;
-        let value = sql::encode("value", &value)?;
-        self.write("put", &self.statements.put, &[&key, &value])
-            .await
-    }
-
-    async fn delete(&self, key: &K) -> Result<Position> {
-        let key = sql::encode("key", key)?;
-        self.write("delete", &self.statements.delete, &[&key]).await
-    }
-
-    async fn get_many(&self, keys: &[K]) -> Result<Vec<Option<V>>> {
+    async fn get_many_unbounded(&self, keys: &[K]) -> Result<Vec<Option<V>>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -274,19 +332,6 @@ where
         let values = encoded.iter().map(|key| found.get(key).cloned()).collect();
         sql::decode_values(values)
     }
-
-    async fn write_batch(&self, batch: Vec<Write<K, V>>) -> Result<Position> {
-        let batch = EncodedBatch::new(batch)?;
-        if batch.is_empty() {
-            return Ok(Position::ZERO);
-        }
-        self.write(
-            "write_batch",
-            &self.statements.batch,
-            &[&batch.put_keys, &batch.put_values, &batch.delete_keys],
-        )
-        .await
-    }
 }
 
 /// Configures and connects a [`PostgresStore`]; see [`PostgresStore::builder`].
@@ -296,6 +341,7 @@ pub struct PostgresStoreBuilder<K, V> {
     pool_size: usize,
     connect_timeout: Duration,
     wait_timeout: Duration,
+    call_timeout: Duration,
     create_table: bool,
     types: PhantomData<fn() -> (K, V)>,
 }
@@ -308,6 +354,7 @@ impl<K, V> fmt::Debug for PostgresStoreBuilder<K, V> {
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("wait_timeout", &self.wait_timeout)
+            .field("call_timeout", &self.call_timeout)
             .field("create_table", &self.create_table)
             .finish()
     }
@@ -345,6 +392,17 @@ impl<K, V> PostgresStoreBuilder<K, V> {
         self
     }
 
+    /// The longest one call may take, waiting for a connection included
+    /// (default 10 s): a server that accepts and stops answering makes
+    /// calls fail with [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) rather than hang, so the
+    /// write-behind flusher, the replica monitor and every writer behind
+    /// them go on. A write that times out may still commit, as any write
+    /// error may (the `Store` contract).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
     /// Whether `build` creates the table if it is missing (default yes).
     /// Say no for a read replica (a hot standby refuses DDL; the primary's
     /// table reaches it by replication): then `build` does not connect,
@@ -374,7 +432,10 @@ impl<K, V> PostgresStoreBuilder<K, V> {
         if self.pool_size == 0 {
             return Err(Error::config(COMPONENT, "the pool size must be at least 1"));
         }
-        if self.connect_timeout.is_zero() || self.wait_timeout.is_zero() {
+        if self.connect_timeout.is_zero()
+            || self.wait_timeout.is_zero()
+            || self.call_timeout.is_zero()
+        {
             return Err(Error::config(
                 COMPONENT,
                 "timeouts must be longer than zero",
@@ -415,6 +476,7 @@ impl<K, V> PostgresStoreBuilder<K, V> {
 
         Ok(PostgresStore {
             pool,
+            call_timeout: self.call_timeout,
             statements: Arc::new(Statements::new(&self.table)),
             table: self.table,
             types: PhantomData,
@@ -436,6 +498,13 @@ where
     V: Codec + Clone,
 {
     async fn applied_position(&self) -> Result<Position> {
+        self.bounded("applied_position", self.applied_position_unbounded())
+            .await
+    }
+}
+
+impl<K, V> PostgresStore<K, V> {
+    async fn applied_position_unbounded(&self) -> Result<Position> {
         let client = self.connection().await?;
         let statement = client
             .prepare_cached(APPLIED_POSITION_SQL)
@@ -457,7 +526,19 @@ where
     K: Codec + Clone + Eq + Hash,
     V: Codec + Clone,
 {
+    /// Within the call timeout, like every call: raise it for tables too
+    /// large to read in that time.
     async fn entries(&self) -> Result<Vec<(K, V)>> {
+        self.bounded("entries", self.entries_unbounded()).await
+    }
+}
+
+impl<K, V> PostgresStore<K, V>
+where
+    K: Codec + Clone + Eq + Hash,
+    V: Codec + Clone,
+{
+    async fn entries_unbounded(&self) -> Result<Vec<(K, V)>> {
         let client = self.connection().await?;
         let statement = client
             .prepare_cached(&self.statements.scan)

@@ -123,6 +123,9 @@ pub struct FaultyStore<S> {
     rng: Mutex<SplitMix64>,
     applies_to: [bool; 5],
     fail_all: AtomicBool,
+    /// While `true`, every call waits (a server that accepts and never
+    /// answers).
+    hanging: tokio::sync::watch::Sender<bool>,
     counts: [AtomicU64; 5],
     /// Calls seen by the faults, for `fail_every`.
     eligible_calls: AtomicU64,
@@ -190,6 +193,7 @@ impl<S> FaultyStore<S> {
             rng: Mutex::new(SplitMix64(0)),
             applies_to: [true; 5],
             fail_all: AtomicBool::new(false),
+            hanging: tokio::sync::watch::Sender::new(false),
             counts: Default::default(),
             eligible_calls: AtomicU64::new(0),
             injected: AtomicU64::new(0),
@@ -231,6 +235,20 @@ impl<S> FaultyStore<S> {
     /// outage); `false` restores the schedule.
     pub fn set_failing(&self, failing: bool) {
         self.fail_all.store(failing, Ordering::Release);
+    }
+
+    /// While `true`, every call (the position of a replica too) waits
+    /// without answering, as over a server that accepts connections and
+    /// never replies; `false` lets the waiting calls go on. Only a caller's
+    /// timeout ends such a call.
+    pub fn set_hanging(&self, hanging: bool) {
+        self.hanging.send_replace(hanging);
+    }
+
+    /// Waits while the store hangs.
+    async fn hang(&self) {
+        let mut hanging = self.hanging.subscribe();
+        let _ = hanging.wait_for(|hanging| !hanging).await;
     }
 
     /// The calls counted so far.
@@ -281,6 +299,7 @@ impl<S> FaultyStore<S> {
     /// Counts the call, sleeps the latency, and decides whether it fails.
     async fn enter(&self, op: Operation) -> Result<()> {
         self.counts[op.index()].fetch_add(1, Ordering::AcqRel);
+        self.hang().await;
         let delay = self.latency + self.random_jitter();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -474,6 +493,7 @@ impl<S> FaultyStoreBuilder<S> {
 /// position fails too, as a health check of a dead replica would.
 impl<S: crate::replica::Positioned> crate::replica::Positioned for FaultyStore<S> {
     async fn applied_position(&self) -> Result<Position> {
+        self.hang().await;
         if self.fail_all.load(Ordering::Acquire) {
             return Err(Error::unavailable(COMPONENT, INJECTED));
         }
