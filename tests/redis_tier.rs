@@ -291,6 +291,52 @@ mod across_processes {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscription_that_goes_silent_is_noticed_and_the_tier_cleared() {
+        let channel = fresh_namespace("silent");
+        let database = Arc::new(MemoryStore::<u64, String>::new());
+        let a = local_cache(&database, &channel).await;
+        let proxy = common::FreezingProxy::start("127.0.0.1:6379").await;
+        let listening = RedisInvalidation::connect(&format!("redis://{}", proxy.addr), &channel)
+            .await
+            .unwrap()
+            .heartbeat(Duration::from_millis(100))
+            .unwrap();
+        let b = ReadThrough::builder(
+            Arc::clone(&database),
+            MemoryTier::with_capacity(1_000).unwrap(),
+        )
+        .invalidate_across_processes(listening)
+        .build()
+        .unwrap();
+        database.put(1, "v1".into()).await.unwrap();
+        assert_eq!(b.get(&1).await.unwrap(), Some("v1".into()));
+        // B's connections die without closing (a half-open connection):
+        // A's invalidation never reaches it.
+        proxy.freeze();
+        a.put(1, "v2".into()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        proxy.thaw();
+        let mut noticed = false;
+        for _ in 0..100 {
+            if b.tier().get(&1).await.unwrap().is_none() {
+                noticed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            noticed,
+            "B notices the silence, resubscribes and clears its tier"
+        );
+        assert_eq!(b.get(&1).await.unwrap(), Some("v2".into()));
+        assert!(RedisInvalidation::connect(&url(), &channel)
+            .await
+            .unwrap()
+            .heartbeat(Duration::ZERO)
+            .is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_in_one_process_drops_the_key_from_the_others_in_process_tiers() {
         let channel = fresh_namespace("inv");
         let database = Arc::new(MemoryStore::<u64, String>::new());

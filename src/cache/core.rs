@@ -253,13 +253,16 @@ where
         }
     }
 
-    /// Tells the other processes (if any listen) that `keys` changed.
-    async fn publish(&self, keys: &[S::Key]) {
+    /// Tells the other processes (if any listen) that `keys` changed;
+    /// `false` if they could not be told.
+    async fn publish(&self, keys: &[S::Key]) -> bool {
         if let Some(broadcast) = &self.broadcast {
             if broadcast.publish(keys).await.is_err() {
                 Counters::bump(&self.counters.publish_failures);
+                return false;
             }
         }
+        true
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
@@ -644,11 +647,16 @@ where
                 }
             }
         }
+        let mut told = true;
         if self.broadcast.is_some() {
             let keys: Vec<S::Key> = finals.iter().map(|w| w.key().clone()).collect();
-            self.publish(&keys).await;
+            told = self.publish(&keys).await;
         }
         match result {
+            Ok(_) if !told => Err(Error::unavailable(
+                "cache",
+                "the write reached the store, but the other processes could not be told: their cached entries may be stale (writing again publishes again)",
+            )),
             Ok(_) if unsettled > 0 => Err(Error::unavailable(
                 "cache",
                 format!(
@@ -721,7 +729,7 @@ where
     /// tells the other processes.
     pub(crate) async fn invalidate(&self, key: &S::Key) {
         self.invalidate_local(key).await;
-        self.publish(std::slice::from_ref(key)).await;
+        let _ = self.publish(std::slice::from_ref(key)).await;
     }
 
     /// [`invalidate`](Self::invalidate) in this process only.

@@ -17,6 +17,14 @@ use crate::{Error, ErrorKind, Result};
 
 const COMPONENT: &str = "RedisInvalidation";
 
+/// A message's first byte: an invalidation (`origin ‖ key`) or a
+/// heartbeat (`origin`).
+const INVALIDATE: u8 = 0;
+const HEARTBEAT: u8 = 1;
+
+/// How many heartbeat intervals of silence mean the subscription is dead.
+const SILENT_BEATS: u32 = 3;
+
 /// A Redis pub/sub channel that keeps the in-process tiers of many
 /// processes coherent: every write (and every
 /// [`invalidate`](crate::cache::ReadThrough::invalidate)) through a cache
@@ -32,6 +40,17 @@ const COMPONENT: &str = "RedisInvalidation";
 /// resubscribes (backing off up to 5 s) and then clears its whole tier,
 /// because messages sent meanwhile are lost; a time-to-live bounds how long
 /// anything can be missed in the worst case.
+///
+/// **A silent subscription is a dead one.** A connection can die without
+/// closing (a half-open TCP connection after a network fault or a frozen
+/// server): no error comes, and no message either. So each listener
+/// publishes a heartbeat on the channel every
+/// [`heartbeat`](Self::heartbeat) interval (default 1 s), and when it
+/// hears nothing on the channel, its own heartbeats included, for three
+/// intervals, it treats the subscription as lost: it resubscribes and
+/// clears its tier. A write whose invalidation cannot be published is an
+/// error to its caller (the store has the write; the other processes may
+/// keep the old value), not only a counter.
 ///
 /// ```no_run
 /// use scalekit::cache::{MemoryTier, ReadThrough, RedisInvalidation};
@@ -50,6 +69,7 @@ pub struct RedisInvalidation {
     channel: String,
     origin: u64,
     stream: PubSubStream,
+    heartbeat: Duration,
 }
 
 impl fmt::Debug for RedisInvalidation {
@@ -57,6 +77,7 @@ impl fmt::Debug for RedisInvalidation {
         f.debug_struct("RedisInvalidation")
             .field("channel", &self.channel)
             .field("origin", &self.origin)
+            .field("heartbeat", &self.heartbeat)
             .finish()
     }
 }
@@ -87,6 +108,7 @@ impl RedisInvalidation {
         };
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1);
         let publisher = client
             .get_connection_manager_with_config(config)
@@ -106,7 +128,26 @@ impl RedisInvalidation {
             channel,
             origin,
             stream,
+            heartbeat: Duration::from_secs(1),
         })
+    }
+
+    /// How often the listener shows itself it is still subscribed
+    /// (default 1 s); three intervals of silence and it resubscribes and
+    /// clears its tier.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a zero interval.
+    pub fn heartbeat(mut self, every: Duration) -> Result<Self> {
+        if every.is_zero() {
+            return Err(Error::config(
+                COMPONENT,
+                "the heartbeat interval must be longer than zero",
+            ));
+        }
+        self.heartbeat = every;
+        Ok(self)
     }
 
     /// Starts listening for other processes' invalidations on behalf of
@@ -130,6 +171,7 @@ impl RedisInvalidation {
             self.client,
             self.channel,
             self.origin,
+            self.heartbeat,
             core,
         ));
         (publisher, listener)
@@ -149,7 +191,8 @@ impl<K: Codec + Sync> Broadcast<K> for Publisher {
     async fn publish(&self, keys: &[K]) -> Result<()> {
         let mut pipe = redis::pipe();
         for key in keys {
-            let mut message = self.origin.to_be_bytes().to_vec();
+            let mut message = vec![INVALIDATE];
+            message.extend_from_slice(&self.origin.to_be_bytes());
             key.encode(&mut message)
                 .map_err(|source| ErrorKind::Codec {
                     direction: CodecDirection::Encode,
@@ -171,22 +214,35 @@ impl<K: Codec + Sync> Broadcast<K> for Publisher {
 }
 
 /// Drops the keys other processes wrote from the local tier, until the
-/// cache is gone; after a lost subscription, resubscribes and clears.
+/// cache is gone; after a lost (or silent) subscription, resubscribes and
+/// clears.
 async fn listen<S, T>(
     mut stream: PubSubStream,
     client: redis::Client,
     channel: String,
     origin: u64,
+    heartbeat: Duration,
     core: Weak<Core<S, T>>,
 ) where
     S: Store,
     S::Key: Codec,
     T: CacheTier<Key = S::Key, Value = Cached<S::Value>>,
 {
+    // Lives as long as this task: aborted with it.
+    let _beating = Beating(tokio::spawn(beat(
+        client.clone(),
+        channel.clone(),
+        origin,
+        heartbeat,
+    )));
+    let silence = heartbeat * SILENT_BEATS;
     loop {
-        while let Some(message) = stream.next().await {
+        while let Ok(Some(message)) = tokio::time::timeout(silence, stream.next()).await {
             let payload = message.get_payload_bytes();
-            let Some((from, key)) = payload.split_first_chunk::<8>() else {
+            let Some((&INVALIDATE, rest)) = payload.split_first() else {
+                continue; // a heartbeat: the subscription lives
+            };
+            let Some((from, key)) = rest.split_first_chunk::<8>() else {
                 continue;
             };
             if u64::from_be_bytes(*from) == origin {
@@ -201,10 +257,13 @@ async fn listen<S, T>(
                 core.invalidate_local(&key).await;
             }
         }
+        tracing::warn!(%channel, "the invalidation subscription was lost or went silent; resubscribing");
         let mut backoff = Duration::from_millis(50);
         loop {
             tokio::time::sleep(backoff).await;
-            if let Ok(resubscribed) = subscribe(&client, &channel).await {
+            if let Ok(Ok(resubscribed)) =
+                tokio::time::timeout(silence, subscribe(&client, &channel)).await
+            {
                 stream = resubscribed;
                 if let Some(core) = core.upgrade() {
                     core.clear_local().await;
@@ -212,6 +271,47 @@ async fn listen<S, T>(
                 break;
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Stops the heartbeat when the listener stops (or is aborted).
+struct Beating(tokio::task::JoinHandle<()>);
+
+impl Drop for Beating {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Publishes `origin` as a heartbeat every `every`, on a connection of its
+/// own that it makes again after any failure or a reply later than `every`.
+async fn beat(client: redis::Client, channel: String, origin: u64, every: Duration) {
+    let mut message = vec![HEARTBEAT];
+    message.extend_from_slice(&origin.to_be_bytes());
+    let mut connection = None;
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        if connection.is_none() {
+            connection = tokio::time::timeout(every, client.get_multiplexed_async_connection())
+                .await
+                .ok()
+                .and_then(|made| made.ok());
+        }
+        let Some(live) = connection.as_mut() else {
+            continue;
+        };
+        let sent = tokio::time::timeout(
+            every,
+            redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(&message)
+                .query_async::<()>(live),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            connection = None;
         }
     }
 }

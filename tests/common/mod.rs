@@ -31,9 +31,9 @@ pub fn ready<F: std::future::Future>(future: F) -> F::Output {
 }
 
 /// A TCP proxy on 127.0.0.1 in front of a real server that can be frozen:
-/// while frozen it keeps every connection open and forwards nothing, as a
-/// server that hangs (or a half-open connection) does. New connections are
-/// forwarded again once it thaws.
+/// a connection that sees a freeze stays open and silent for good (what
+/// it is sent is dropped), as over a hung server or a half-open connection
+/// after a network fault. Connections made after a thaw work.
 #[allow(dead_code)]
 pub struct FreezingProxy {
     /// Where clients connect.
