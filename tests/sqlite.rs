@@ -436,3 +436,59 @@ async fn a_failing_batch_alone_in_its_group_commit_leaves_nothing_applied() {
     }
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_queues_are_bounded_and_callers_wait_past_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<SqliteStore<u64, u64>> = Arc::new(
+        SqliteStore::builder()
+            .path(dir.path().join("bounded.db"))
+            .max_queued(4)
+            .build()
+            .await
+            .unwrap(),
+    );
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (store, most, done) = (Arc::clone(&store), Arc::clone(&most), Arc::clone(&done));
+        tokio::spawn(async move {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                most.fetch_max(store.queued(), std::sync::atomic::Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let writers: Vec<_> = (0..64u64)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for i in 0..20 {
+                    store.put(w * 100 + i, i).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.await.unwrap();
+    let most = most.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (1..=4).contains(&most),
+        "at most 4 calls queued, saw {most}"
+    );
+    assert_eq!(
+        store.get(&6319).await.unwrap(),
+        Some(19),
+        "every write landed"
+    );
+    let error = SqliteStore::<u64, u64>::builder()
+        .path(dir.path().join("zero.db"))
+        .max_queued(0)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(error.kind(), ErrorKind::Config { .. }), "{error}");
+}

@@ -76,6 +76,9 @@ impl Synchronous {
 /// ```
 pub struct SqliteStore<K, V> {
     queues: Queues,
+    /// One permit per job queued or running: the queues' bound.
+    slots: tokio::sync::Semaphore,
+    max_queued: usize,
     closed: AtomicBool,
     config: ConnectionConfig,
     types: PhantomData<fn() -> (K, V)>,
@@ -102,6 +105,7 @@ impl<K, V> SqliteStore<K, V> {
             synchronous: Synchronous::default(),
             busy_timeout: Duration::from_secs(5),
             max_value_bytes: None,
+            max_queued: 4_096,
             types: PhantomData,
         }
     }
@@ -109,6 +113,12 @@ impl<K, V> SqliteStore<K, V> {
     /// The table this store owns.
     pub fn table(&self) -> &str {
         &self.config.table
+    }
+
+    /// Calls queued for or running on a connection thread now: at most
+    /// [`max_queued`](SqliteStoreBuilder::max_queued).
+    pub fn queued(&self) -> usize {
+        self.max_queued - self.slots.available_permits()
     }
 
     /// Finishes the queued work, closes every connection and waits until
@@ -143,6 +153,13 @@ impl<K, V> SqliteStore<K, V> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::unavailable(COMPONENT, "the store is closed"));
         }
+        // Backpressure: past the bound a caller waits for a call to end
+        // rather than grow the queue.
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| Error::unavailable(COMPONENT, "the store is closed"))?;
         let (reply, answer) = oneshot::channel();
         queue
             .send(job(reply))
@@ -227,6 +244,7 @@ pub struct SqliteStoreBuilder<K, V> {
     synchronous: Synchronous,
     busy_timeout: Duration,
     max_value_bytes: Option<usize>,
+    max_queued: usize,
     types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -239,6 +257,7 @@ impl<K, V> fmt::Debug for SqliteStoreBuilder<K, V> {
             .field("synchronous", &self.synchronous)
             .field("busy_timeout", &self.busy_timeout)
             .field("max_value_bytes", &self.max_value_bytes)
+            .field("max_queued", &self.max_queued)
             .finish()
     }
 }
@@ -284,9 +303,17 @@ impl<K, V> SqliteStoreBuilder<K, V> {
         self
     }
 
+    /// The most calls queued for or running on the connection threads at
+    /// once (default 4,096). Past it a call waits for one to end (so a
+    /// stalled disk turns into backpressure, not a growing queue).
+    pub fn max_queued(mut self, calls: usize) -> Self {
+        self.max_queued = calls;
+        self
+    }
+
     /// The largest key or value SQLite accepts, in bytes (default: SQLite's
     /// own limit of 1,000,000,000). A larger write fails with
-    /// [`ErrorKind::Backend`](crate::ErrorKind::Backend) and leaves nothing behind.
+    /// [`ErrorKind::Refused`](crate::ErrorKind::Refused) and leaves nothing behind.
     pub fn max_value_bytes(mut self, max: usize) -> Self {
         self.max_value_bytes = Some(max);
         self
@@ -335,6 +362,15 @@ impl<K, V> SqliteStoreBuilder<K, V> {
                 ))
             }
         };
+        if self.max_queued == 0 || self.max_queued > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(Error::config(
+                COMPONENT,
+                format!(
+                    "max_queued must be from 1 to {}",
+                    tokio::sync::Semaphore::MAX_PERMITS
+                ),
+            ));
+        }
         let config = ConnectionConfig {
             location,
             table: self.table,
@@ -399,6 +435,8 @@ impl<K, V> SqliteStoreBuilder<K, V> {
                 readers: readers_queue,
                 reader_threads: readers,
             },
+            slots: tokio::sync::Semaphore::new(self.max_queued),
+            max_queued: self.max_queued,
             closed: AtomicBool::new(false),
             config,
             types: PhantomData,
