@@ -104,6 +104,14 @@ struct Files {
     sync_failed: Option<Error>,
 }
 
+/// The files a sync forces to the disk, and the bytes appended when it
+/// began.
+#[derive(Debug)]
+struct SyncPlan {
+    files: Vec<Arc<File>>,
+    upto: u64,
+}
+
 /// What a replay found.
 #[derive(Debug)]
 pub(super) struct Replay<K, V> {
@@ -333,29 +341,43 @@ impl Journal {
     /// Forces everything appended so far to the disk (also the `Interval`
     /// policy's tick).
     pub(super) async fn sync(&self) -> Result<()> {
-        let (files, upto) = {
-            let files = self.files();
-            if let Some(error) = &files.sync_failed {
-                return Err(error.clone());
-            }
-            // Everything counted here is already in the files' pages.
-            let upto = self.appended.load(Ordering::Acquire);
-            if files.synced >= upto {
-                return Ok(()); // nothing new since the last sync
-            }
-            let mut unsynced: Vec<Arc<File>> = files
-                .closed
-                .iter()
-                .filter_map(|closed| closed.unsynced.clone())
-                .collect();
-            unsynced.push(Arc::clone(&files.active));
-            (unsynced, upto)
+        let Some(plan) = self.plan_sync()? else {
+            return Ok(()); // nothing new since the last sync
         };
-        let synced = files.clone();
+        let files = plan.files.clone();
         let outcome =
             tokio::task::spawn_blocking(move || files.iter().try_for_each(|file| file.sync_data()))
                 .await
                 .unwrap_or_else(|e| Err(io::Error::other(e)));
+        self.finish_sync(plan, outcome)
+    }
+
+    /// What a sync must force to the disk: the files that may hold records
+    /// not yet there, and how many bytes were appended when it began (all
+    /// of them already in those files' pages). `None` if nothing is new.
+    fn plan_sync(&self) -> Result<Option<SyncPlan>> {
+        let files = self.files();
+        if let Some(error) = &files.sync_failed {
+            return Err(error.clone());
+        }
+        let upto = self.appended.load(Ordering::Acquire);
+        if files.synced >= upto {
+            return Ok(None);
+        }
+        let mut unsynced: Vec<Arc<File>> = files
+            .closed
+            .iter()
+            .filter_map(|closed| closed.unsynced.clone())
+            .collect();
+        unsynced.push(Arc::clone(&files.active));
+        Ok(Some(SyncPlan {
+            files: unsynced,
+            upto,
+        }))
+    }
+
+    /// Records what a sync planned by [`plan_sync`](Self::plan_sync) did.
+    fn finish_sync(&self, plan: SyncPlan, outcome: io::Result<()>) -> Result<()> {
         let mut files = self.files();
         if let Err(e) = outcome {
             let error = Error::from(crate::ErrorKind::Unavailable {
@@ -366,15 +388,15 @@ impl Journal {
             files.sync_failed = Some(error.clone());
             return Err(error);
         }
-        files.synced = files.synced.max(upto);
+        files.synced = files.synced.max(plan.upto);
         for closed in &mut files.closed {
             // A segment closed after the sync began may hold records the
             // sync did not cover: it stays unsynced for the next one.
-            if closed.appended_end <= upto
+            if closed.appended_end <= plan.upto
                 && closed
                     .unsynced
                     .as_ref()
-                    .is_some_and(|file| synced.iter().any(|s| Arc::ptr_eq(s, file)))
+                    .is_some_and(|file| plan.files.iter().any(|s| Arc::ptr_eq(s, file)))
             {
                 closed.unsynced = None;
             }
@@ -497,5 +519,110 @@ impl Drop for Lead<'_> {
     fn drop(&mut self) {
         self.0.files().syncing = false;
         self.0.progress.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Write;
+
+    fn open(dir: &Path) -> (Journal, Appender) {
+        let (journal, appender, _) =
+            Journal::open(dir, SyncPolicy::EveryWrite, decode::<u64, String>).unwrap();
+        (journal, appender)
+    }
+
+    fn append(journal: &Journal, appender: &mut Appender, seq: u64, bytes: usize) -> u64 {
+        appender
+            .append(journal, seq, |out| {
+                frame(
+                    &Write::Put(seq, "x".repeat(bytes)),
+                    encode::<u64, String>,
+                    out,
+                )
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_segment_closed_after_a_sync_began_stays_unsynced_for_the_next_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, mut appender) = open(dir.path());
+        append(&journal, &mut appender, 1, 10);
+        let plan = journal.plan_sync().unwrap().expect("something to sync");
+        // Appended after the plan, then the segment fills and closes.
+        let late = append(&journal, &mut appender, 2, 3 << 20);
+        append(&journal, &mut appender, 3, 3 << 20);
+        assert_eq!(journal.files().closed.len(), 1, "rotated");
+        journal.finish_sync(plan, Ok(())).unwrap();
+        let files = journal.files();
+        assert!(
+            files.synced < late,
+            "the late record is not counted as synced"
+        );
+        assert!(
+            files.closed[0].unsynced.is_some(),
+            "the closed segment still needs the next sync"
+        );
+    }
+
+    #[test]
+    fn after_a_failed_fsync_nothing_more_is_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, mut appender) = open(dir.path());
+        let ticket = append(&journal, &mut appender, 1, 10);
+        let plan = journal.plan_sync().unwrap().unwrap();
+        let error = journal
+            .finish_sync(plan, Err(io::Error::other("EIO")))
+            .unwrap_err();
+        assert!(matches!(error.kind(), crate::ErrorKind::Unavailable { .. }));
+        // A later fsync could report success for pages the kernel dropped.
+        let later = append(&journal, &mut appender, 2, 10);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for wanted in [ticket, later] {
+            assert!(runtime.block_on(journal.durable(wanted)).is_err());
+        }
+        assert!(runtime.block_on(journal.sync()).is_err());
+    }
+
+    #[test]
+    fn a_confirmed_segment_that_cannot_be_removed_keeps_itself_the_ones_after_it_and_the_checkpoint(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, mut appender) = open(dir.path());
+        // Two closed segments (one 3 MiB record each), then two records in
+        // the active one.
+        append(&journal, &mut appender, 1, 3 << 20);
+        append(&journal, &mut appender, 2, 3 << 20);
+        append(&journal, &mut appender, 3, 3 << 20);
+        append(&journal, &mut appender, 4, 10);
+        let closed: Vec<u64> = journal.files().closed.iter().map(|c| c.id).collect();
+        assert_eq!(closed.len(), 2, "{closed:?}");
+        // The oldest cannot be removed: a directory stands at its path.
+        let first = segment::path(dir.path(), closed[0]);
+        std::fs::remove_file(&first).unwrap();
+        std::fs::create_dir(&first).unwrap();
+        assert!(journal.confirm(4).is_err());
+        assert_eq!(
+            journal.files().closed.len(),
+            2,
+            "nothing after it is removed"
+        );
+        assert!(segment::path(dir.path(), closed[1]).exists());
+        let active = appender.active.id();
+        appender.confirm(4, true);
+        let held = segment::read(&segment::path(dir.path(), active)).unwrap();
+        assert_eq!(held.payloads.len(), 2, "the active checkpoint did not move");
+        // Once it can be removed, everything confirmed goes.
+        std::fs::remove_dir(&first).unwrap();
+        journal.confirm(4).unwrap();
+        appender.confirm(4, false);
+        assert!(journal.files().closed.is_empty());
+        let moved = segment::read(&segment::path(dir.path(), active)).unwrap();
+        assert!(moved.payloads.is_empty(), "now the checkpoint moves");
     }
 }
