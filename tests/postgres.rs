@@ -268,3 +268,30 @@ async fn a_server_that_stops_answering_makes_calls_time_out_instead_of_hanging()
     proxy.thaw();
     drop_table(&table).await;
 }
+
+#[tokio::test]
+async fn a_server_that_accepts_and_never_answers_is_a_timeout() {
+    // A listener that takes connections and says nothing stands in for a
+    // hung PostgreSQL.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let store: PostgresStore<u64, String> = PostgresStore::builder()
+        .url(format!("postgres://postgres@{addr}/test"))
+        .create_table(false)
+        .call_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), store.get(&1))
+        .await
+        .expect("the call does not hang");
+    let error = answer.unwrap_err();
+    assert!(matches!(error.kind(), ErrorKind::Timeout { .. }), "{error}");
+    held.abort();
+}
