@@ -763,7 +763,7 @@ impl Store for SlowAnswers {
         let position = self.inner.put(key, value).await?;
         // Odd calls answer late, even ones at once.
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_micros(if n % 2 == 0 { 2_000 } else { 0 })).await;
+        tokio::time::sleep(Duration::from_micros(if n.is_multiple_of(2) { 2_000 } else { 0 })).await;
         Ok(position)
     }
     async fn delete(&self, key: &u64) -> scalekit::Result<scalekit::Position> {
