@@ -761,9 +761,14 @@ impl Store for SlowAnswers {
     }
     async fn put(&self, key: u64, value: String) -> scalekit::Result<scalekit::Position> {
         let position = self.inner.put(key, value).await?;
-        // Odd calls answer late, even ones at once.
+        // Even calls answer late, odd ones at once.
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_micros(if n.is_multiple_of(2) { 2_000 } else { 0 })).await;
+        tokio::time::sleep(Duration::from_micros(if n.is_multiple_of(2) {
+            2_000
+        } else {
+            0
+        }))
+        .await;
         Ok(position)
     }
     async fn delete(&self, key: &u64) -> scalekit::Result<scalekit::Position> {
