@@ -945,3 +945,30 @@ fn recovery_of_a_long_backlog_makes_durable_progress_segment_by_segment() {
         layer.shutdown().await;
     });
 }
+
+#[test]
+fn a_shutdown_during_an_outage_does_not_wait_out_the_back_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Shared = Arc::default();
+    runtime().block_on(async {
+        let faulty = FaultyStore::new(Arc::clone(&store));
+        faulty.set_failing(true);
+        // Default retries: about 1.5 s of budget, then pauses of 2.5–5 s.
+        let layer = WriteBehind::builder(faulty)
+            .journal(dir.path(), SyncPolicy::Os)
+            .max_delay(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        layer.put(1, "held".into()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2_200)).await;
+        assert!(layer.stats().held_retries >= 1, "{:?}", layer.stats());
+        let started = std::time::Instant::now();
+        layer.shutdown().await;
+        assert!(
+            started.elapsed() < Duration::from_millis(1_000),
+            "shutdown waited {:?}",
+            started.elapsed()
+        );
+    });
+    assert_eq!(store.len(), 0, "held in the journal, not written");
+}

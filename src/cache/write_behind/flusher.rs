@@ -191,8 +191,27 @@ async fn write<S: Store>(
             writes = held.len(),
             "write-behind: the store takes nothing; holding the writes and retrying"
         );
-        tokio::time::sleep(backoff(config.max_backoff, config.max_backoff, 1, rng)).await;
+        let pause = backoff(config.max_backoff, config.max_backoff, 1, rng);
+        if pause_unless_closed(shared, pause).await && shared.journal.is_some() {
+            return Outcome::Held;
+        }
         writes = held;
+    }
+}
+
+/// Sleeps `pause`, or less if the layer is closed meanwhile; whether it
+/// is closed.
+async fn pause_unless_closed<S: Store>(shared: &Shared<S>, pause: Duration) -> bool {
+    let until = Instant::now() + pause;
+    loop {
+        // Writes wake the flusher too: only a close ends the pause early.
+        let wake = shared.wake.notified();
+        if shared.lock().closed {
+            return true;
+        }
+        if tokio::time::timeout_at(until, wake).await.is_err() {
+            return shared.lock().closed;
+        }
     }
 }
 
