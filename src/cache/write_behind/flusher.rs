@@ -43,6 +43,11 @@ pub(super) async fn run<S: Store>(shared: Arc<Shared<S>>) {
         shared.done.send_replace(done);
         shared.room.notify_waiters();
     }
+    if let Some((journal, _)) = &shared.journal {
+        // Stopped: the directory is free for the next layer the moment
+        // `shutdown` returns.
+        journal.release();
+    }
     shared.stopped.send_replace(true);
     // Wake `flush` callers: with writes held, they are told so.
     shared.done.send_modify(|_| ());

@@ -128,8 +128,9 @@ pub(super) struct Replay<K, V> {
 #[derive(Debug)]
 pub(super) struct Journal {
     dir: PathBuf,
-    /// Holds the directory's lock while the journal lives.
-    _lock: File,
+    /// Holds the directory's lock until the layer stops (or the journal
+    /// is dropped).
+    lock: Mutex<Option<File>>,
     policy: SyncPolicy,
     files: Mutex<Files>,
     /// Bytes appended since open: the tickets [`durable`](Self::durable)
@@ -269,7 +270,7 @@ impl Journal {
         let active = Active::create(dir, ids.last().map_or(0, |id| id + 1), 0)?;
         let journal = Journal {
             dir: dir.to_path_buf(),
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
             policy,
             files: Mutex::new(Files {
                 active: Arc::clone(active.file()),
@@ -298,6 +299,19 @@ impl Journal {
                 damage,
             },
         ))
+    }
+
+    /// Lets go of the directory: the layer has stopped and appends no
+    /// more, so another layer may take it (and replay what is left).
+    pub(super) fn release(&self) {
+        let lock = self
+            .lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(lock) = lock {
+            let _ = lock.unlock();
+        }
     }
 
     fn files(&self) -> MutexGuard<'_, Files> {
