@@ -150,6 +150,13 @@ pub(super) fn partition_of(key: Option<&EventKey>, offset: u64, workers: usize) 
     (spread % workers as u64) as usize
 }
 
+impl<E> Group<E> {
+    /// The workers' handles, to wait on once the log is closed.
+    pub(super) fn take_workers(&self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
 impl<E: Clone + Send + Sync + 'static> Group<E> {
     /// The offset below which every worker has room for `events` more
     /// (the publisher appends while the tail stays below it); `None` when
@@ -207,11 +214,6 @@ impl<E: Clone + Send + Sync + 'static> Group<E> {
                 behind.saturating_sub(self.capacity).div_ceil(workers)
             })
             .sum()
-    }
-
-    /// The workers' handles, to wait on once the log is closed.
-    pub(super) fn take_workers(&self) -> Vec<JoinHandle<()>> {
-        std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     fn stats(&self) -> GroupStats {
@@ -419,6 +421,18 @@ impl<E> fmt::Debug for Subscription<E> {
         f.debug_struct("Subscription")
             .field("group", &self.group.name)
             .finish()
+    }
+}
+
+#[cfg(feature = "nats")]
+impl<E> Subscription<E> {
+    /// Stops the group's workers at once, as a crash would: the events
+    /// they hold are dropped unfinished (a broker bridge's copies of them
+    /// stay unsettled at the broker).
+    pub(super) fn abort(&self) {
+        for worker in self.group.take_workers() {
+            worker.abort();
+        }
     }
 }
 
