@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use scalekit::events::nats::NatsTopic;
+use scalekit::events::nats::{DeadReason, NatsDeadLetter, NatsTopic};
 use scalekit::events::{Change, Event, Publishing, RetryPolicy, StartFrom};
 use scalekit::testing::event_conformance;
 use scalekit::ErrorKind;
@@ -32,6 +32,20 @@ fn fast_retries(max_retries: u32) -> RetryPolicy {
         base_backoff: Duration::from_millis(1),
         max_backoff: Duration::from_millis(4),
     }
+}
+
+/// Each letter's payload (as text), reason and attempts.
+fn letter_summary<E>(letters: &[NatsDeadLetter<E>]) -> Vec<(String, DeadReason, u32)> {
+    letters
+        .iter()
+        .map(|l| {
+            (
+                String::from_utf8_lossy(&l.payload).into_owned(),
+                l.reason,
+                l.attempts,
+            )
+        })
+        .collect()
 }
 
 type Seen = Arc<Mutex<Vec<(u64, String)>>>;
@@ -154,19 +168,24 @@ async fn a_failing_event_is_retried_then_dead_lettered_and_not_redelivered() {
         .await
         .unwrap();
     group.caught_up().await.unwrap();
-    let letters = group.dead_letters();
-    let payloads: Vec<&str> = letters.iter().map(|l| l.event.payload().as_str()).collect();
+    let letters = group.dead_letters().await.unwrap();
     assert_eq!(
-        payloads,
-        vec!["poison", "after"],
+        letter_summary(&letters),
+        [
+            ("poison".to_string(), DeadReason::Failed, 3),
+            ("after".to_string(), DeadReason::Parked, 0)
+        ],
         "the later event of its key parks behind it"
     );
-    assert_eq!(letters[0].attempts, 3);
+    assert!(
+        letters[0].error.contains("cannot handle poison"),
+        "{letters:?}"
+    );
     assert_eq!(
         *handled.lock().unwrap(),
         BTreeSet::from(["fine".to_string()])
     );
-    // Terminated, so JetStream does not hand them out again.
+    // Settled, so JetStream does not hand them out again.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     group.caught_up().await.unwrap();
     assert_eq!(
@@ -248,6 +267,13 @@ async fn bad_names_and_an_unreachable_server_are_typed_errors() {
         assert!(matches!(error.kind(), ErrorKind::Config { .. }), "{error}");
     }
     topic.delete().await.unwrap();
+    let reserved = NatsTopic::<String>::connect(&url(), "orders-dead")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(reserved.kind(), ErrorKind::Config { .. }),
+        "{reserved}"
+    );
     let down = NatsTopic::<String>::connect("nats://127.0.0.1:1", "x")
         .await
         .unwrap_err();
@@ -428,17 +454,11 @@ fn history_recorder(
     instance: u32,
     delay: Duration,
     fail: &'static [&'static str],
-) -> impl Fn(
-    Event<String>,
-) -> std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<(), scalekit::events::HandlerError>> + Send>,
-> + Send
-       + Sync
-       + 'static {
+) -> impl scalekit::events::Handler<String> {
     let history = Arc::clone(history);
     move |event: Event<String>| {
         let history = Arc::clone(&history);
-        Box::pin(async move {
+        async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
@@ -452,7 +472,7 @@ fn history_recorder(
                 payload: event.payload().clone(),
             });
             Ok(())
-        })
+        }
     }
 }
 
@@ -678,17 +698,11 @@ fn gated_recorder(
     gate: &Arc<tokio::sync::Semaphore>,
     history: &History,
     instance: u32,
-) -> impl Fn(
-    Event<String>,
-) -> std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<(), scalekit::events::HandlerError>> + Send>,
-> + Send
-       + Sync
-       + 'static {
+) -> impl scalekit::events::Handler<String> {
     let (gate, history) = (Arc::clone(gate), Arc::clone(history));
     move |event: Event<String>| {
         let (gate, history) = (Arc::clone(&gate), Arc::clone(&history));
-        Box::pin(async move {
+        async move {
             gate.acquire().await.unwrap().forget();
             history.lock().unwrap().push(Handled {
                 instance,
@@ -697,7 +711,7 @@ fn gated_recorder(
                 payload: event.payload().clone(),
             });
             Ok(())
-        })
+        }
     }
 }
 
@@ -746,6 +760,166 @@ async fn an_existing_group_takes_the_ack_wait_and_max_ack_pending_of_its_new_sub
     second.shutdown().await;
     topic.delete().await.unwrap();
     check_history(&history.lock().unwrap(), &published, true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_and_the_events_parked_behind_it_survive_a_restart() {
+    let topic = NatsTopic::<String>::connect(&url(), &name("deadrestart"))
+        .await
+        .unwrap();
+    let history: History = Arc::default();
+    // Instance 1 cannot handle "poison": it is dead-lettered, and the
+    // later events of its key park behind it.
+    // A short ack wait: a message JetStream hands to the dropped
+    // instance's last pull in flight comes back within a second.
+    let first = topic
+        .group("g")
+        .retries(fast_retries(1))
+        .ack_wait(Duration::from_secs(1))
+        .subscribe(history_recorder(&history, 1, Duration::ZERO, &["poison"]))
+        .await
+        .unwrap();
+    let mut published = Published::new();
+    for (key, payload) in [
+        ("k", "k0"),
+        ("k", "poison"),
+        ("j", "j0"),
+        ("k", "k2"),
+        ("k", "k3"),
+        ("j", "j1"),
+    ] {
+        let offset = topic.publish_keyed(key, payload.to_string()).await.unwrap();
+        published.push((key.to_string(), offset, payload.to_string()));
+    }
+    first.caught_up().await.unwrap();
+    let letters = first.dead_letters().await.unwrap();
+    assert_eq!(
+        letter_summary(&letters),
+        [
+            ("poison".to_string(), DeadReason::Failed, 2),
+            ("k2".to_string(), DeadReason::Parked, 0),
+            ("k3".to_string(), DeadReason::Parked, 0),
+        ]
+    );
+    assert!(
+        letters[0].error.contains("cannot handle poison"),
+        "{letters:?}"
+    );
+    // A restart: a new instance of the group, which handles everything.
+    drop(first);
+    let offset = topic.publish_keyed("k", "k4".to_string()).await.unwrap();
+    published.push(("k".to_string(), offset, "k4".to_string()));
+    let second = topic
+        .group("g")
+        .retries(fast_retries(1))
+        .ack_wait(Duration::from_secs(1))
+        .subscribe(history_recorder(&history, 2, Duration::ZERO, &[]))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), second.caught_up())
+        .await
+        .unwrap()
+        .unwrap();
+    // The letters outlived the restart, and k4 parked behind them; any
+    // process lists them.
+    let elsewhere = NatsTopic::<String>::connect(&url(), topic.name())
+        .await
+        .unwrap();
+    let letters = elsewhere.dead_letters("g").await.unwrap();
+    assert_eq!(
+        letter_summary(&letters),
+        [
+            ("poison".to_string(), DeadReason::Failed, 2),
+            ("k2".to_string(), DeadReason::Parked, 0),
+            ("k3".to_string(), DeadReason::Parked, 0),
+            ("k4".to_string(), DeadReason::Parked, 0),
+        ]
+    );
+    assert_eq!(
+        letters.iter().map(|l| l.offset).collect::<Vec<_>>(),
+        [1, 3, 4, 6]
+    );
+    let report = second.replay_dead_letters().await.unwrap();
+    assert_eq!((report.handled, report.failed), (4, 0));
+    assert!(second.dead_letters().await.unwrap().is_empty());
+    // The key is no longer parked.
+    let offset = topic.publish_keyed("k", "k5".to_string()).await.unwrap();
+    published.push(("k".to_string(), offset, "k5".to_string()));
+    second.caught_up().await.unwrap();
+    second.shutdown().await;
+    topic.delete().await.unwrap();
+    check_history(&history.lock().unwrap(), &published, true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_does_not_decode_is_dead_lettered_durably_and_parks_its_key() {
+    let stream = name("undecodable");
+    let topic = NatsTopic::<String>::connect(&url(), &stream).await.unwrap();
+    // Another codec on the same stream: bytes that are not UTF-8.
+    let raw = NatsTopic::<Vec<u8>>::connect(&url(), &stream)
+        .await
+        .unwrap();
+    raw.publish_keyed("k", vec![0xff, 0xfe]).await.unwrap();
+    topic.publish_keyed("k", "after".to_string()).await.unwrap();
+    topic.publish_keyed("j", "other".to_string()).await.unwrap();
+    let history: History = Arc::default();
+    let group = topic
+        .group("g")
+        .subscribe(history_recorder(&history, 1, Duration::ZERO, &[]))
+        .await
+        .unwrap();
+    group.caught_up().await.unwrap();
+    let handled: Vec<String> = history
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|h| h.payload.clone())
+        .collect();
+    assert_eq!(
+        handled,
+        ["other"],
+        "the event after the undecodable one of its key parks behind it"
+    );
+    let letters = group.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert_eq!(
+        (
+            letters[0].reason,
+            letters[0].offset,
+            &letters[0].payload[..]
+        ),
+        (DeadReason::Undecodable, 0, &[0xff, 0xfe][..])
+    );
+    assert!(letters[0].event.is_none());
+    assert_eq!(letters[0].key, Some(scalekit::events::EventKey::from("k")));
+    assert!(letters[0].error.contains("does not decode"), "{letters:?}");
+    assert_eq!(letters[1].reason, DeadReason::Parked);
+    // This process cannot replay the undecodable letter: it stays, and
+    // so does the one behind it.
+    let report = group.replay_dead_letters().await.unwrap();
+    assert_eq!((report.handled, report.failed), (0, 1));
+    assert_eq!(group.dead_letters().await.unwrap().len(), 2);
+    group.shutdown().await;
+    // A process whose codec reads it replays both, in order.
+    let bytes: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let record = Arc::clone(&bytes);
+    let reader = raw
+        .group("g")
+        .subscribe(move |event: Event<Vec<u8>>| {
+            record.lock().unwrap().push(event.into_payload());
+            std::future::ready(Ok(()))
+        })
+        .await
+        .unwrap();
+    let report = reader.replay_dead_letters().await.unwrap();
+    assert_eq!((report.handled, report.failed), (2, 0));
+    assert_eq!(
+        *bytes.lock().unwrap(),
+        [vec![0xff, 0xfe], b"after".to_vec()]
+    );
+    assert!(raw.dead_letters("g").await.unwrap().is_empty());
+    reader.shutdown().await;
+    topic.delete().await.unwrap();
 }
 
 // ---------------------------------------------------------------------

@@ -1,10 +1,13 @@
 //! What the NATS bridge's parts share: the message format (the key
-//! header, hex, names), the error of an unreachable NATS, and what a
-//! group's workers take.
+//! header, hex), the error of an unreachable NATS, and what a group's
+//! workers take.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::events::Event;
+use crate::events::handler::Attempt;
+use crate::events::{Event, EventKey};
 use crate::{Error, Result};
 
 /// The component named in the bridge's errors.
@@ -57,10 +60,15 @@ pub(super) fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// What a NATS group's workers take: the message's stream sequence and
-/// its event.
+/// What a NATS group's workers take: the message's stream sequence, its
+/// key, and its event (or why it did not decode).
 #[derive(Clone)]
 pub(super) struct Delivered<E> {
     pub(super) sequence: u64,
-    pub(super) event: Event<E>,
+    pub(super) key: Option<EventKey>,
+    pub(super) event: std::result::Result<Event<E>, Arc<str>>,
 }
+
+/// Runs the group's handler once on a dead letter's event.
+pub(super) type Replayer<E> =
+    Arc<dyn Fn(Event<E>) -> Pin<Box<dyn Future<Output = Attempt> + Send>> + Send + Sync>;

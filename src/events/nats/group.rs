@@ -1,5 +1,6 @@
 //! A group of a topic: its consumer, its in-process workers, the tasks
-//! that pull and keep messages in progress, and its handle.
+//! that pull, keep messages in progress and write dead letters, and its
+//! handle.
 
 use std::fmt;
 use std::sync::Arc;
@@ -8,16 +9,17 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull};
 use tokio::task::JoinHandle;
 
-use super::base::{check_name, unavailable, Delivered, COMPONENT};
+use super::base::{check_name, unavailable, Delivered, Replayer, COMPONENT};
+use super::dead::{self, DeadLetterQueue, DeadStream, NatsDeadLetter};
 use super::ledger::{Ledger, Settlement};
 use super::pump;
 use super::topic::NatsTopic;
 use crate::codec::Codec;
-use crate::events::dead_letter::DeadLetter;
-use crate::events::group::DeadLetterHook;
-use crate::events::handler::{Handler, HandlerError};
+use crate::events::dead_letter::{DeadLetter, DeadLetterSink};
+use crate::events::handler::{attempt, Handler, HandlerError};
 use crate::events::{
-    Backpressure, Event, EventBus, GroupStats, RetryPolicy, StartFrom, Subscription, TopicOptions,
+    Backpressure, Event, EventBus, GroupStats, ReplayReport, RetryPolicy, StartFrom, Subscription,
+    TopicOptions,
 };
 use crate::{Error, Result};
 
@@ -165,7 +167,9 @@ impl<E: Codec + Clone + Send + Sync + 'static> NatsGroupBuilder<'_, E> {
             .map_err(|e| unavailable("JetStream refused to update the consumer", e))
     }
 
-    /// Creates (or joins) the durable consumer and starts handling.
+    /// Creates (or joins) the durable consumer and starts handling: the
+    /// group's dead letters are read first, so that the keys they park
+    /// stay parked.
     ///
     /// # Errors
     ///
@@ -174,7 +178,9 @@ impl<E: Codec + Clone + Send + Sync + 'static> NatsGroupBuilder<'_, E> {
     /// retry back-off cap below its base, or a group name that is not a
     /// valid consumer name;
     /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) if
-    /// JetStream refuses the consumer.
+    /// JetStream refuses the consumer or the dead letters cannot be read;
+    /// [`ErrorKind::Codec`](crate::ErrorKind::Codec) as for
+    /// [`NatsTopic::dead_letters`].
     pub async fn subscribe<H: Handler<E>>(self, handler: H) -> Result<NatsSubscription<E>> {
         check_name("group", &self.name)?;
         let max_ack_pending = self.check()?;
@@ -186,18 +192,14 @@ impl<E: Codec + Clone + Send + Sync + 'static> NatsGroupBuilder<'_, E> {
             .filter(|&n| n > 0)
             .unwrap_or(self.max_ack_pending);
         let inherited = pump::Inherited::from_info(&info, ack_wait);
+        let dead = self.topic.dead_stream_of(&self.name);
+        let stored = dead.read::<E>().await?;
         let ledger = Arc::new(Ledger::new((8 * buffer).max(4096)));
-        // A dead-lettered message is terminated (JetStream stops
-        // redelivering it; the letter stays in the group's queue).
-        let settle_dead: DeadLetterHook<Delivered<E>> = {
-            let ledger = Arc::clone(&ledger);
-            Arc::new(move |letter| {
-                let (ledger, sequence) = (Arc::clone(&ledger), letter.event.payload().sequence);
-                tokio::spawn(async move { ledger.settle(sequence, Settlement::Term).await });
-            })
-        };
+        let (queue, writer) = DeadLetterQueue::new(&stored, dead.clone(), Arc::clone(&ledger));
+        let queue = Arc::new(queue);
 
-        // The group's in-process half: keyed workers, retries, dead letters.
+        // The group's in-process half: keyed workers and retries; its dead
+        // letters go to the queue, which writes them to the stream.
         let local = EventBus::new();
         let topic =
             local.topic_with::<Delivered<E>>(&self.name, TopicOptions::default().buffer(buffer))?;
@@ -207,7 +209,12 @@ impl<E: Codec + Clone + Send + Sync + 'static> NatsGroupBuilder<'_, E> {
             move |delivered: Event<Delivered<E>>| {
                 let (handler, ledger) = (Arc::clone(&handler), Arc::clone(&ledger));
                 async move {
-                    let Delivered { sequence, event } = delivered.into_payload();
+                    let Delivered {
+                        sequence, event, ..
+                    } = delivered.into_payload();
+                    // The queue sets undecodable events aside before
+                    // they get here; failing is the safe answer anyway.
+                    let event = event.map_err(|why| HandlerError::from(why.to_string()))?;
                     handler.handle(event).await?;
                     // Settled only after success; a lost ack means a
                     // redelivery (at least once), never a lost event.
@@ -216,12 +223,13 @@ impl<E: Codec + Clone + Send + Sync + 'static> NatsGroupBuilder<'_, E> {
                 }
             }
         };
+        let sink: Arc<dyn DeadLetterSink<Delivered<E>>> = Arc::clone(&queue) as _;
         let inner = topic
             .group(self.name.clone())
             .workers(self.workers)
             .buffer(buffer, Backpressure::Block)
             .retries(self.retry)
-            .on_dead_letter(settle_dead)
+            .dead_letter_sink(sink)
             .subscribe(handle)?;
         let messages = match consumer
             .stream()
@@ -237,6 +245,11 @@ impl<E: Codec + Clone + Send + Sync + 'static> NatsGroupBuilder<'_, E> {
                 return Err(unavailable("cannot pull from the consumer", error));
             }
         };
+        let replayer: Replayer<E> = Arc::new(move |event| {
+            let handler = Arc::clone(&handler);
+            Box::pin(async move { attempt(&*handler, event).await })
+        });
+        let writer = tokio::spawn(writer);
         let progress = tokio::spawn(keep_in_progress(Arc::clone(&ledger), ack_wait));
         let pump = tokio::spawn(pump::pump(
             messages,
@@ -250,9 +263,14 @@ impl<E: Codec + Clone + Send + Sync + 'static> NatsGroupBuilder<'_, E> {
             inner,
             consumer,
             local,
+            dead,
+            queue,
             ledger,
+            replayer,
+            replaying: tokio::sync::Mutex::new(()),
             pump,
             progress,
+            writer,
         })
     }
 }
@@ -276,9 +294,15 @@ pub struct NatsSubscription<E> {
     inner: Subscription<Delivered<E>>,
     consumer: jetstream::consumer::PullConsumer,
     local: EventBus,
+    dead: DeadStream,
+    queue: Arc<DeadLetterQueue>,
     ledger: Arc<Ledger>,
+    replayer: Replayer<E>,
+    /// One replay at a time in this process.
+    replaying: tokio::sync::Mutex<()>,
     pump: JoinHandle<()>,
     progress: JoinHandle<()>,
+    writer: JoinHandle<()>,
 }
 
 impl<E> fmt::Debug for NatsSubscription<E> {
@@ -286,31 +310,54 @@ impl<E> fmt::Debug for NatsSubscription<E> {
         f.debug_struct("NatsSubscription")
             .field("group", &self.name)
             .field("ledger", &self.ledger)
+            .field("dead_letters", &self.queue)
             .finish_non_exhaustive()
     }
 }
 
 impl<E: Codec + Clone + Send + Sync + 'static> NatsSubscription<E> {
-    /// The group's counters in this process.
+    /// The group's counters in this process (parked and undecodable
+    /// events count as dead-lettered).
     pub fn stats(&self) -> GroupStats {
         self.inner.stats()
     }
 
-    /// The dead letters this process set aside, oldest first.
-    pub fn dead_letters(&self) -> Vec<DeadLetter<E>> {
-        self.inner
-            .dead_letters()
-            .into_iter()
-            .map(|letter| DeadLetter {
-                event: letter.event.into_payload().event,
-                error: letter.error,
-                attempts: letter.attempts,
-            })
-            .collect()
+    /// The group's dead letters, read from its dead-letter stream; as
+    /// [`NatsTopic::dead_letters`].
+    ///
+    /// # Errors
+    ///
+    /// As [`NatsTopic::dead_letters`].
+    pub async fn dead_letters(&self) -> Result<Vec<NatsDeadLetter<E>>> {
+        let letters = self.dead.read::<E>().await?;
+        Ok(letters.into_iter().map(|stored| stored.letter).collect())
+    }
+
+    /// Hands every dead letter of the group to its handler once more, in
+    /// offset order, one attempt each; a key whose letter fails again
+    /// keeps that letter and those behind it for the next replay (the
+    /// failed one with its new error and attempt count). A handled
+    /// letter is deleted from the stream; once a key has no letters left
+    /// in this process's view, its new events go to the workers again.
+    ///
+    /// At least once: a crash after a letter's handler succeeded and
+    /// before its deletion replays it again next time. Letters written
+    /// after the replay began wait for the next one.
+    ///
+    /// # Errors
+    ///
+    /// As [`dead_letters`](Self::dead_letters), and
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) if a
+    /// letter cannot be deleted or replaced (the letters replayed so far
+    /// are done; the one at hand stays and is replayed again).
+    pub async fn replay_dead_letters(&self) -> Result<ReplayReport> {
+        let _one = self.replaying.lock().await;
+        dead::replay(&self.dead, &self.queue, &self.replayer).await
     }
 
     /// Returns once JetStream has nothing left for the group and this
-    /// process has settled everything it took.
+    /// process has settled everything it took (dead letters written
+    /// included).
     ///
     /// # Errors
     ///
@@ -331,24 +378,26 @@ impl<E: Codec + Clone + Send + Sync + 'static> NatsSubscription<E> {
         }
     }
 
-    /// Stops pulling, lets the workers finish what they took, and
-    /// returns; what the process took and never handed to the workers is
-    /// given back to JetStream (a negative acknowledgement), for the group
-    /// to take again at once.
+    /// Stops pulling, lets the workers finish what they took, writes the
+    /// dead letters queued, and returns; what the process took and never
+    /// handed to the workers is given back to JetStream (a negative
+    /// acknowledgement), for the group to take again at once.
     pub async fn shutdown(self) {
         self.pump.abort();
         self.local.shutdown().await;
+        self.queue.flush().await;
         self.ledger.give_back().await;
     }
 }
 
 /// Dropping the subscription stops it at once, as a crash would: nothing
-/// more is pulled, handled or settled, and what it held unsettled is
-/// redelivered to the group after the ack wait.
+/// more is pulled, handled, written or settled, and what it held
+/// unsettled is redelivered to the group after the ack wait.
 impl<E> Drop for NatsSubscription<E> {
     fn drop(&mut self) {
         self.pump.abort();
         self.progress.abort();
+        self.writer.abort();
         self.inner.abort();
     }
 }
@@ -386,8 +435,21 @@ impl crate::testing::event_conformance::TopicUnderTest for NatsTopic<String> {
             .expect("the consumer's state can be read");
     }
 
-    fn dead_letters(group: &Self::Group) -> Vec<DeadLetter<String>> {
-        group.dead_letters()
+    async fn dead_letters(group: &Self::Group) -> Vec<DeadLetter<String>> {
+        let letters = group
+            .dead_letters()
+            .await
+            .expect("the dead-letter stream can be read");
+        letters
+            .into_iter()
+            .filter_map(|letter| {
+                Some(DeadLetter {
+                    event: letter.event?,
+                    error: Arc::new(dead::LetterError(letter.error)),
+                    attempts: letter.attempts,
+                })
+            })
+            .collect()
     }
 
     fn stats(group: &Self::Group) -> GroupStats {

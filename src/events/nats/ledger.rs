@@ -100,6 +100,11 @@ impl Ledger {
         taken
     }
 
+    /// The held message at `sequence`, if this process holds it.
+    pub(super) fn message(&self, sequence: u64) -> Option<Arc<jetstream::Message>> {
+        self.lock().held.get(&sequence).cloned()
+    }
+
     /// Settles the held message at `sequence`: remembered as settled
     /// first (a redelivery racing the acknowledgement is settled again,
     /// not handled), then acknowledged. A lost acknowledgement means a

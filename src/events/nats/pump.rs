@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use super::base::{unhex, Delivered, KEY_HEADER};
-use super::ledger::{Ledger, Settlement, Taken};
+use super::ledger::{Ledger, Taken};
 use crate::codec::Codec;
 use crate::events::{Event, EventKey, Topic};
 
@@ -81,9 +81,8 @@ impl<E> Inherited<E> {
     }
 }
 
-/// The event a message carries; `None` if its payload or key does not
-/// decode.
-fn decode<E: Codec>(message: &jetstream::Message, sequence: u64) -> Option<Event<E>> {
+/// The event a message carries, or why it has none.
+pub(super) fn delivered<E: Codec>(message: &jetstream::Message, sequence: u64) -> Delivered<E> {
     let offset = sequence.saturating_sub(1);
     let published = message
         .info()
@@ -92,12 +91,29 @@ fn decode<E: Codec>(message: &jetstream::Message, sequence: u64) -> Option<Event
         .map_or(SystemTime::UNIX_EPOCH, |nanos| {
             SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos)
         });
-    let key = match message.headers.as_ref().and_then(|h| h.get(KEY_HEADER)) {
-        Some(value) => Some(EventKey::from(unhex(value.as_str())?)),
-        None => None,
-    };
-    let payload = E::decode(&message.payload).ok()?;
-    Some(Event::new(payload, key, offset, published))
+    let key = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(KEY_HEADER))
+        .map(|value| unhex(value.as_str()));
+    match key {
+        Some(None) => Delivered {
+            sequence,
+            key: None,
+            event: Err(Arc::from("its key header is not hex")),
+        },
+        key => {
+            let key = key.flatten().map(EventKey::from);
+            let event = E::decode(&message.payload)
+                .map(|payload| Event::new(payload, key.clone(), offset, published))
+                .map_err(|error| Arc::from(format!("its payload does not decode: {error}")));
+            Delivered {
+                sequence,
+                key,
+                event,
+            }
+        }
+    }
 }
 
 /// Hands one event to the workers; `false` once the group is shutting
@@ -106,7 +122,7 @@ async fn dispatch<E: Clone + Send + Sync + 'static>(
     topic: &Topic<Delivered<E>>,
     delivered: Delivered<E>,
 ) -> bool {
-    let handed = match delivered.event.key().cloned() {
+    let handed = match delivered.key.clone() {
         Some(key) => topic.publish_keyed(key, delivered).await,
         None => topic.publish(delivered).await,
     };
@@ -159,12 +175,7 @@ pub(super) async fn pump<E: Codec + Clone + Send + Sync + 'static>(
         if ledger.take(&message, sequence).await != Taken::New {
             continue;
         }
-        let Some(event) = decode::<E>(&message, sequence) else {
-            tracing::warn!(sequence, "a NATS message did not decode; it is terminated");
-            ledger.settle(sequence, Settlement::Term).await;
-            continue;
-        };
-        let delivered = Delivered { sequence, event };
+        let delivered = delivered::<E>(&message, sequence);
         match &mut inherited {
             Some(old) if sequence > old.through => {
                 old.waiting.push(delivered);

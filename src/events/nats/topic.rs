@@ -1,20 +1,23 @@
-//! A topic: its stream, and publishing.
+//! A topic: its stream, its dead-letter stream, publishing and listing.
 
 use std::fmt;
 use std::marker::PhantomData;
 
 use async_nats::jetstream;
 
-use super::base::{check_name, hex, unavailable, KEY_HEADER};
+use super::base::{check_name, hex, unavailable, COMPONENT, KEY_HEADER};
+use super::dead::{self, DeadStream, NatsDeadLetter, DEAD_SUFFIX};
 use crate::codec::Codec;
 use crate::events::{EventKey, TopicStats};
-use crate::Result;
+use crate::{Error, Result};
 
-/// A topic whose events live in a JetStream stream. Cloning it is cheap;
-/// clones share the connection.
+/// A topic whose events live in a JetStream stream, and its groups' dead
+/// letters in a second one (`<topic>-dead`). Cloning it is cheap; clones
+/// share the connection.
 pub struct NatsTopic<E> {
     jetstream: jetstream::Context,
     pub(super) stream: jetstream::stream::Stream,
+    dead_stream: jetstream::stream::Stream,
     pub(super) name: String,
     subject: String,
     _events: PhantomData<fn() -> E>,
@@ -25,6 +28,7 @@ impl<E> Clone for NatsTopic<E> {
         NatsTopic {
             jetstream: self.jetstream.clone(),
             stream: self.stream.clone(),
+            dead_stream: self.dead_stream.clone(),
             name: self.name.clone(),
             subject: self.subject.clone(),
             _events: PhantomData,
@@ -43,16 +47,24 @@ impl<E> fmt::Debug for NatsTopic<E> {
 
 impl<E: Codec + Clone + Send + Sync + 'static> NatsTopic<E> {
     /// Connects to NATS at `url` and opens (creating) the stream `name`,
-    /// on the subject `scalekit.events.<name>`.
+    /// on the subject `scalekit.events.<name>`, and its dead-letter
+    /// stream `<name>-dead`, on the subjects `scalekit.dead.<name>.>`.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a name that is
-    /// empty or holds anything but ASCII letters, digits, `-` and `_`;
+    /// empty, holds anything but ASCII letters, digits, `-` and `_`, or
+    /// ends in `-dead` (the dead-letter streams' names);
     /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) when NATS
-    /// cannot be reached or JetStream refuses the stream.
+    /// cannot be reached or JetStream refuses a stream.
     pub async fn connect(url: &str, name: &str) -> Result<Self> {
         check_name("topic", name)?;
+        if name.ends_with(DEAD_SUFFIX) {
+            return Err(Error::config(
+                COMPONENT,
+                format!("`{name}`: names ending in `{DEAD_SUFFIX}` are kept for the dead-letter streams"),
+            ));
+        }
         let client = async_nats::connect(url)
             .await
             .map_err(|e| unavailable("cannot connect to NATS", e))?;
@@ -66,9 +78,18 @@ impl<E: Codec + Clone + Send + Sync + 'static> NatsTopic<E> {
             })
             .await
             .map_err(|e| unavailable("JetStream refused the stream", e))?;
+        let dead_stream = jetstream
+            .get_or_create_stream(jetstream::stream::Config {
+                name: format!("{name}{DEAD_SUFFIX}"),
+                subjects: vec![dead::dead_subjects(name)],
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("JetStream refused the dead-letter stream", e))?;
         Ok(NatsTopic {
             jetstream,
             stream,
+            dead_stream,
             name: name.to_string(),
             subject,
             _events: PhantomData,
@@ -181,7 +202,36 @@ impl<E: Codec + Clone + Send + Sync + 'static> NatsTopic<E> {
         })
     }
 
-    /// Deletes the stream and every event in it (for tests and teardown).
+    /// The dead letters of the group `group`, read from the dead-letter
+    /// stream (so from any process, subscribed or not), by offset: per
+    /// key, in publish order. Events that do not decode here are listed
+    /// with their bytes and no event.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a name that is
+    /// not a group name;
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) if the
+    /// stream cannot be read; [`ErrorKind::Codec`](crate::ErrorKind::Codec)
+    /// if it holds a message that is not a letter (written there by
+    /// something else; the error names its sequence, to delete it).
+    pub async fn dead_letters(&self, group: &str) -> Result<Vec<NatsDeadLetter<E>>> {
+        check_name("group", group)?;
+        let letters = self.dead_stream_of(group).read::<E>().await?;
+        Ok(letters.into_iter().map(|stored| stored.letter).collect())
+    }
+
+    /// The dead-letter subject of the group `group`.
+    pub(super) fn dead_stream_of(&self, group: &str) -> DeadStream {
+        DeadStream::new(
+            self.jetstream.clone(),
+            self.dead_stream.clone(),
+            dead::dead_subject(&self.name, group),
+        )
+    }
+
+    /// Deletes the stream and every event in it, and the dead-letter
+    /// stream with every letter (for tests and teardown).
     ///
     /// # Errors
     ///
@@ -191,7 +241,11 @@ impl<E: Codec + Clone + Send + Sync + 'static> NatsTopic<E> {
         self.jetstream
             .delete_stream(&self.name)
             .await
+            .map_err(|e| unavailable("cannot delete the stream", e))?;
+        self.jetstream
+            .delete_stream(format!("{}{DEAD_SUFFIX}", self.name))
+            .await
             .map(drop)
-            .map_err(|e| unavailable("cannot delete the stream", e))
+            .map_err(|e| unavailable("cannot delete the dead-letter stream", e))
     }
 }
