@@ -102,21 +102,22 @@ impl Group {
         }
     }
 
-    pub fn dead_letters(&self) -> usize {
+    /// The group's dead letters (over NATS, read from its dead-letter
+    /// stream).
+    pub async fn dead_letters(&self) -> scalekit::Result<usize> {
         match self {
-            Group::Local(group) => group.dead_letters().len(),
+            Group::Local(group) => Ok(group.dead_letters().len()),
             #[cfg(feature = "nats")]
-            Group::Nats(group) => group.dead_letters().len(),
+            Group::Nats(group) => Ok(group.dead_letters().await?.len()),
         }
     }
 
-    /// Hands the dead letters to the handler again (`None`: this feed
-    /// settles dead letters with the broker instead).
-    pub async fn replay_dead_letters(&self) -> Option<u64> {
+    /// Hands the dead letters to the handler again; how many it handled.
+    pub async fn replay_dead_letters(&self) -> scalekit::Result<u64> {
         match self {
-            Group::Local(group) => Some(group.replay_dead_letters().await.handled),
+            Group::Local(group) => Ok(group.replay_dead_letters().await.handled),
             #[cfg(feature = "nats")]
-            Group::Nats(_) => None,
+            Group::Nats(group) => Ok(group.replay_dead_letters().await?.handled),
         }
     }
 }

@@ -307,31 +307,22 @@ where
         }
     }
     // The gateway recovers: the dead letters are handled, none lost.
-    let before_replay = vec![
+    let invalidation_stats = invalidation.stats();
+    let email_stats = emails.stats();
+    gateway_down.store(false, Ordering::Relaxed);
+    let dead_letters_replayed = emails.replay_dead_letters().await?;
+    let groups = vec![
         (
             "cache-invalidation".to_string(),
-            invalidation.stats(),
-            invalidation.dead_letters(),
+            invalidation_stats,
+            invalidation.dead_letters().await?,
         ),
         (
             "welcome-email".to_string(),
-            emails.stats(),
-            emails.dead_letters(),
+            email_stats,
+            emails.dead_letters().await?,
         ),
     ];
-    gateway_down.store(false, Ordering::Relaxed);
-    let dead_letters_replayed = emails.replay_dead_letters().await;
-    let groups = before_replay
-        .into_iter()
-        .map(|(name, stats, _)| {
-            let left = if name == "welcome-email" {
-                emails.dead_letters()
-            } else {
-                invalidation.dead_letters()
-            };
-            (name, stats, left)
-        })
-        .collect();
     let events_published = match &feed {
         Feed::Local(topic) => topic.stats().published,
         #[cfg(feature = "nats")]

@@ -43,8 +43,19 @@ impl<E> fmt::Debug for DeadLetter<E> {
     }
 }
 
-/// Told of each event its group dead-letters.
-pub(super) type DeadLetterFn<E> = dyn Fn(&DeadLetter<E>) + Send + Sync;
+/// Where a broker bridge keeps a group's dead letters instead of the
+/// in-process queue (the NATS bridge: a dead-letter stream). The sink
+/// decides which events are set aside before their handler runs (those
+/// parked behind a letter of their key, and those it cannot hand to the
+/// handler), and takes every event whose handler failed all its attempts.
+pub(super) trait DeadLetterSink<E>: Send + Sync {
+    /// Called before `event` is handled: `true` if the sink took it (it
+    /// must not be handled now).
+    fn set_aside(&self, event: &Event<E>) -> bool;
+
+    /// Takes an event whose handler failed every attempt.
+    fn dead_letter(&self, letter: DeadLetter<E>);
+}
 
 /// What [`Subscription::replay_dead_letters`](super::Subscription::replay_dead_letters) did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -65,9 +76,9 @@ struct Letters<E> {
 
 pub(super) struct DeadLetters<E> {
     letters: Mutex<Letters<E>>,
-    /// Told of every event that enters the queue (a broker bridge settles
-    /// the broker's copy there).
-    on_enter: Option<std::sync::Arc<DeadLetterFn<E>>>,
+    /// Where the letters go instead of the queue, if anywhere (a broker
+    /// bridge's durable dead letters).
+    sink: Option<std::sync::Arc<dyn DeadLetterSink<E>>>,
     /// Keys parked: zero lets a worker skip the lock.
     parked_keys: AtomicUsize,
 }
@@ -81,9 +92,9 @@ impl<E> fmt::Debug for DeadLetters<E> {
 }
 
 impl<E> DeadLetters<E> {
-    pub(super) fn new(on_enter: Option<std::sync::Arc<DeadLetterFn<E>>>) -> Self {
+    pub(super) fn new(sink: Option<std::sync::Arc<dyn DeadLetterSink<E>>>) -> Self {
         DeadLetters {
-            on_enter,
+            sink,
             letters: Mutex::new(Letters {
                 queue: VecDeque::new(),
                 parked: HashMap::new(),
@@ -99,8 +110,9 @@ impl<E> DeadLetters<E> {
     /// Adds a letter; its key (if any) is parked until its letters are
     /// gone.
     pub(super) fn push(&self, letter: DeadLetter<E>) {
-        if let Some(on_enter) = &self.on_enter {
-            on_enter(&letter);
+        if let Some(sink) = &self.sink {
+            sink.dead_letter(letter);
+            return;
         }
         let mut letters = self.lock();
         if let Some(key) = letter.event.key() {
@@ -114,12 +126,16 @@ impl<E> DeadLetters<E> {
     }
 
     /// Parks a copy of `event` behind the letters of its key, if it has
-    /// any (`true`: parked, not to be handled now). Checked and parked under one lock, so an event
-    /// never overtakes a dead letter of its key.
+    /// any (`true`: parked, not to be handled now). Checked and parked
+    /// under one lock, so an event never overtakes a dead letter of its
+    /// key. With a sink, the sink decides (and takes what it sets aside).
     pub(super) fn park_if_behind(&self, event: &Event<E>) -> bool
     where
         E: Clone,
     {
+        if let Some(sink) = &self.sink {
+            return sink.set_aside(event);
+        }
         if self.parked_keys.load(Ordering::Relaxed) == 0 {
             return false;
         }
@@ -137,9 +153,6 @@ impl<E> DeadLetters<E> {
             error,
             attempts: 0,
         };
-        if let Some(on_enter) = &self.on_enter {
-            on_enter(&letter);
-        }
         letters.queue.push_back(letter);
         true
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::dead_letter::{DeadLetter, DeadLetterFn, DeadLetters, ReplayReport};
+use super::dead_letter::{DeadLetter, DeadLetterSink, DeadLetters, ReplayReport};
 use super::event::{Event, EventKey};
 use super::handler::{attempt, Attempt, Handler};
 use super::log::Log;
@@ -99,9 +99,9 @@ impl Cursor {
     }
 }
 
-/// Told of each event the group dead-letters (a broker bridge settles the
-/// broker's copy of it there).
-pub(super) type DeadLetterHook<E> = Arc<DeadLetterFn<E>>;
+/// Where a broker bridge keeps the group's dead letters (instead of the
+/// in-process queue).
+pub(super) type DeadLetterHook<E> = Arc<dyn DeadLetterSink<E>>;
 
 /// Replays one dead letter through the group's handler.
 type Replayer<E> =
@@ -148,6 +148,13 @@ pub(super) fn partition_of(key: Option<&EventKey>, offset: u64, workers: usize) 
         None => offset,
     };
     (spread % workers as u64) as usize
+}
+
+impl<E> Group<E> {
+    /// The workers' handles, to wait on once the log is closed.
+    pub(super) fn take_workers(&self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner))
+    }
 }
 
 impl<E: Clone + Send + Sync + 'static> Group<E> {
@@ -209,11 +216,6 @@ impl<E: Clone + Send + Sync + 'static> Group<E> {
             .sum()
     }
 
-    /// The workers' handles, to wait on once the log is closed.
-    pub(super) fn take_workers(&self) -> Vec<JoinHandle<()>> {
-        std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
     fn stats(&self) -> GroupStats {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let tail = self.log.tail();
@@ -249,7 +251,7 @@ pub struct GroupBuilder<E> {
     backpressure: Backpressure,
     retry: RetryPolicy,
     start: StartFrom,
-    on_dead_letter: Option<DeadLetterHook<E>>,
+    dead_letter_sink: Option<DeadLetterHook<E>>,
 }
 
 impl<E> fmt::Debug for GroupBuilder<E> {
@@ -275,13 +277,14 @@ impl<E: Clone + Send + Sync + 'static> GroupBuilder<E> {
             backpressure: Backpressure::Block,
             retry: RetryPolicy::default(),
             start: StartFrom::Latest,
-            on_dead_letter: None,
+            dead_letter_sink: None,
         }
     }
 
+    /// Sends the group's dead letters to `sink` instead of its queue.
     #[cfg(feature = "nats")]
-    pub(super) fn on_dead_letter(mut self, hook: DeadLetterHook<E>) -> Self {
-        self.on_dead_letter = Some(hook);
+    pub(super) fn dead_letter_sink(mut self, sink: DeadLetterHook<E>) -> Self {
+        self.dead_letter_sink = Some(sink);
         self
     }
 
@@ -375,7 +378,7 @@ impl<E: Clone + Send + Sync + 'static> GroupBuilder<E> {
                 retry: self.retry,
                 idle: Notify::new(),
                 counters: WorkerCounters::default(),
-                dead: DeadLetters::new(self.on_dead_letter),
+                dead: DeadLetters::new(self.dead_letter_sink),
                 replayer,
                 workers: Mutex::new(Vec::new()),
             })
@@ -419,6 +422,18 @@ impl<E> fmt::Debug for Subscription<E> {
         f.debug_struct("Subscription")
             .field("group", &self.group.name)
             .finish()
+    }
+}
+
+#[cfg(feature = "nats")]
+impl<E> Subscription<E> {
+    /// Stops the group's workers at once, as a crash would: the events
+    /// they hold are dropped unfinished (a broker bridge's copies of them
+    /// stay unsettled at the broker).
+    pub(super) fn abort(&self) {
+        for worker in self.group.take_workers() {
+            worker.abort();
+        }
     }
 }
 

@@ -50,7 +50,7 @@ pub trait TopicUnderTest: Send + Sync + 'static {
     fn caught_up(group: &Self::Group) -> impl Future<Output = ()> + Send;
 
     /// The group's dead letters, oldest first.
-    fn dead_letters(group: &Self::Group) -> Vec<DeadLetter<String>>;
+    fn dead_letters(group: &Self::Group) -> impl Future<Output = Vec<DeadLetter<String>>> + Send;
 
     /// The group's counters.
     fn stats(group: &Self::Group) -> GroupStats;
@@ -84,7 +84,7 @@ impl TopicUnderTest for Topic<String> {
         group.caught_up().await;
     }
 
-    fn dead_letters(group: &Self::Group) -> Vec<DeadLetter<String>> {
+    async fn dead_letters(group: &Self::Group) -> Vec<DeadLetter<String>> {
         group.dead_letters()
     }
 
@@ -220,7 +220,7 @@ pub async fn failures_are_retried_then_dead_lettered_in_key_order<T: TopicUnderT
     T::caught_up(&group).await;
     let handled: Vec<String> = log.lock().unwrap().iter().map(|(_, p)| p.clone()).collect();
     assert_eq!(handled, vec!["flaky".to_string(), "fine".to_string()]);
-    let letters = T::dead_letters(&group);
+    let letters = T::dead_letters(&group).await;
     let parked: Vec<(&str, u32)> = letters
         .iter()
         .map(|l| (l.event.payload().as_str(), l.attempts))
@@ -257,7 +257,7 @@ pub async fn a_panicking_handler_is_a_failure_not_a_crash<T: TopicUnderTest>(top
     assert_eq!(log.lock().unwrap().len(), 2);
     let stats = T::stats(&group);
     assert_eq!((stats.panicked, stats.dead_lettered), (2, 1));
-    assert!(T::dead_letters(&group)[0]
+    assert!(T::dead_letters(&group).await[0]
         .error
         .to_string()
         .contains("blew up"));
