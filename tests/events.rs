@@ -833,3 +833,70 @@ async fn changes_of_one_key_are_published_in_commit_order() {
     }
     bus.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_dead_letter_queue_holds_the_worker_instead_of_growing_or_dropping() {
+    let bus = EventBus::new();
+    let topic = bus.topic::<String>("bounded-letters").unwrap();
+    let fixed = Arc::new(AtomicBool::new(false));
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let (is_fixed, record) = (Arc::clone(&fixed), Arc::clone(&handled));
+    let group = topic
+        .group("bounded")
+        .max_dead_letters(2)
+        .retries(RetryPolicy {
+            max_retries: 0,
+            base_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+        })
+        .subscribe(move |event: Event<String>| {
+            let (is_fixed, record) = (Arc::clone(&is_fixed), Arc::clone(&record));
+            async move {
+                if event.payload().starts_with("poison") && !is_fixed.load(Ordering::SeqCst) {
+                    return Err("not yet".into());
+                }
+                record.lock().unwrap().push(event.payload().clone());
+                Ok(())
+            }
+        })
+        .unwrap();
+    for (key, payload) in [
+        ("a", "poison a"),
+        ("a", "a2"),
+        ("b", "poison b"),
+        ("c", "c1"),
+    ] {
+        topic.publish_keyed(key, payload.to_string()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(group.dead_letters().len(), 2, "the queue holds its bound");
+    assert!(
+        handled.lock().unwrap().is_empty(),
+        "the worker waits for room rather than drop or overtake: {:?}",
+        handled.lock().unwrap()
+    );
+    fixed.store(true, Ordering::SeqCst);
+    // Replays make room: the held worker goes on.
+    for _ in 0..50 {
+        group.replay_dead_letters().await;
+        if handled.lock().unwrap().len() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    group.caught_up().await;
+    let order = handled.lock().unwrap().clone();
+    assert_eq!(order.len(), 4, "{order:?}");
+    let at = |p: &str| order.iter().position(|x| x == p).unwrap();
+    assert!(at("poison a") < at("a2"), "per-key order: {order:?}");
+    assert!(group.dead_letters().is_empty());
+    let error = topic
+        .group("zero")
+        .max_dead_letters(0)
+        .subscribe(|_: Event<String>| async { Ok(()) });
+    assert!(matches!(
+        error.unwrap_err().kind(),
+        ErrorKind::Config { .. }
+    ));
+    bus.shutdown().await;
+}

@@ -81,6 +81,21 @@ pub(super) struct DeadLetters<E> {
     sink: Option<std::sync::Arc<dyn DeadLetterSink<E>>>,
     /// Keys parked: zero lets a worker skip the lock.
     parked_keys: AtomicUsize,
+    /// The most letters the queue holds (parked events included).
+    limit: usize,
+    /// Woken when letters leave the queue.
+    room: tokio::sync::Notify,
+}
+
+/// What [`DeadLetters::park_if_behind`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Parking {
+    /// Not behind a letter: handle it.
+    Go,
+    /// Parked behind a letter of its key (or set aside by the sink).
+    Parked,
+    /// Behind a letter, but the queue is full: wait for room.
+    Full,
 }
 
 impl<E> fmt::Debug for DeadLetters<E> {
@@ -92,9 +107,11 @@ impl<E> fmt::Debug for DeadLetters<E> {
 }
 
 impl<E> DeadLetters<E> {
-    pub(super) fn new(sink: Option<std::sync::Arc<dyn DeadLetterSink<E>>>) -> Self {
+    pub(super) fn new(sink: Option<std::sync::Arc<dyn DeadLetterSink<E>>>, limit: usize) -> Self {
         DeadLetters {
             sink,
+            limit,
+            room: tokio::sync::Notify::new(),
             letters: Mutex::new(Letters {
                 queue: VecDeque::new(),
                 parked: HashMap::new(),
@@ -108,13 +125,16 @@ impl<E> DeadLetters<E> {
     }
 
     /// Adds a letter; its key (if any) is parked until its letters are
-    /// gone.
-    pub(super) fn push(&self, letter: DeadLetter<E>) {
+    /// gone. Given back when the queue is full.
+    pub(super) fn push(&self, letter: DeadLetter<E>) -> Result<(), DeadLetter<E>> {
         if let Some(sink) = &self.sink {
             sink.dead_letter(letter);
-            return;
+            return Ok(());
         }
         let mut letters = self.lock();
+        if letters.queue.len() >= self.limit {
+            return Err(letter);
+        }
         if let Some(key) = letter.event.key() {
             let count = letters.parked.entry(key.clone()).or_insert(0);
             if *count == 0 {
@@ -123,30 +143,49 @@ impl<E> DeadLetters<E> {
             *count += 1;
         }
         letters.queue.push_back(letter);
+        Ok(())
+    }
+
+    /// Waits until letters leave the queue (or a moment passes).
+    pub(super) async fn room(&self) {
+        let room = self.room.notified();
+        if self.len() < self.limit {
+            return;
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(100), room).await;
     }
 
     /// Parks a copy of `event` behind the letters of its key, if it has
     /// any (`true`: parked, not to be handled now). Checked and parked
     /// under one lock, so an event never overtakes a dead letter of its
     /// key. With a sink, the sink decides (and takes what it sets aside).
-    pub(super) fn park_if_behind(&self, event: &Event<E>) -> bool
+    pub(super) fn park_if_behind(&self, event: &Event<E>) -> Parking
     where
         E: Clone,
     {
         if let Some(sink) = &self.sink {
-            return sink.set_aside(event);
+            return if sink.set_aside(event) {
+                Parking::Parked
+            } else {
+                Parking::Go
+            };
         }
         if self.parked_keys.load(Ordering::Relaxed) == 0 {
-            return false;
+            return Parking::Go;
         }
         let mut letters = self.lock();
         let Some(key) = event.key() else {
-            return false;
+            return Parking::Go;
         };
-        let Some(count) = letters.parked.get_mut(key) else {
-            return false;
-        };
-        *count += 1;
+        if !letters.parked.contains_key(key) {
+            return Parking::Go;
+        }
+        if letters.queue.len() >= self.limit {
+            return Parking::Full;
+        }
+        if let Some(count) = letters.parked.get_mut(key) {
+            *count += 1;
+        }
         let error: BoxError = std::sync::Arc::new(Parked);
         let letter = DeadLetter {
             event: event.clone(),
@@ -154,7 +193,7 @@ impl<E> DeadLetters<E> {
             attempts: 0,
         };
         letters.queue.push_back(letter);
-        true
+        Parking::Parked
     }
 
     pub(super) fn snapshot(&self) -> Vec<DeadLetter<E>>
@@ -176,7 +215,9 @@ impl<E> DeadLetters<E> {
             .queue
             .iter()
             .position(|letter| letter.event.key().is_none_or(|key| !skip.contains(key)))?;
-        letters.queue.remove(at)
+        let taken = letters.queue.remove(at);
+        self.room.notify_waiters();
+        taken
     }
 
     /// A taken letter was handled: unpark its key once none is left.

@@ -252,6 +252,7 @@ pub struct GroupBuilder<E> {
     retry: RetryPolicy,
     start: StartFrom,
     dead_letter_sink: Option<DeadLetterHook<E>>,
+    max_dead_letters: usize,
 }
 
 impl<E> fmt::Debug for GroupBuilder<E> {
@@ -278,6 +279,7 @@ impl<E: Clone + Send + Sync + 'static> GroupBuilder<E> {
             retry: RetryPolicy::default(),
             start: StartFrom::Latest,
             dead_letter_sink: None,
+            max_dead_letters: 100_000,
         }
     }
 
@@ -306,6 +308,17 @@ impl<E: Clone + Send + Sync + 'static> GroupBuilder<E> {
     pub fn buffer(mut self, capacity: usize, when_full: Backpressure) -> Self {
         self.capacity = Some(capacity);
         self.backpressure = when_full;
+        self
+    }
+
+    /// The most events the group's dead-letter queue holds, parked events
+    /// included (default 100,000). When it is full, a worker with another
+    /// event to set aside waits until letters are replayed, and the
+    /// group's [backpressure](Self::buffer) reaches the publisher: the
+    /// queue never grows without bound, and nothing is dropped that the
+    /// group did not say it may drop.
+    pub fn max_dead_letters(mut self, events: usize) -> Self {
+        self.max_dead_letters = events;
         self
     }
 
@@ -344,6 +357,8 @@ impl<E: Clone + Send + Sync + 'static> GroupBuilder<E> {
                 "a group's buffer ({capacity}) cannot exceed its topic's ({topic_buffer}): \
                  raise TopicOptions::buffer"
             ))
+        } else if self.max_dead_letters == 0 {
+            Some("max_dead_letters must be at least 1".to_string())
         } else if self.retry.max_backoff < self.retry.base_backoff {
             Some("the retry back-off cap must not be below its base".to_string())
         } else {
@@ -378,7 +393,7 @@ impl<E: Clone + Send + Sync + 'static> GroupBuilder<E> {
                 retry: self.retry,
                 idle: Notify::new(),
                 counters: WorkerCounters::default(),
-                dead: DeadLetters::new(self.dead_letter_sink),
+                dead: DeadLetters::new(self.dead_letter_sink, self.max_dead_letters),
                 replayer,
                 workers: Mutex::new(Vec::new()),
             })

@@ -6,7 +6,7 @@
 use std::pin::pin;
 use std::sync::Arc;
 
-use super::dead_letter::DeadLetter;
+use super::dead_letter::{DeadLetter, Parking};
 use super::event::Event;
 use super::group::{partition_of, Backpressure, Group, Watching};
 use super::handler::{attempt, Attempt, Handler};
@@ -134,9 +134,17 @@ where
     E: Clone + Send + Sync + 'static,
     H: Handler<E>,
 {
-    if group.dead.park_if_behind(event) {
-        WorkerCounters::add(&group.counters.dead_lettered, 1);
-        return false;
+    loop {
+        match group.dead.park_if_behind(event) {
+            Parking::Go => break,
+            Parking::Parked => {
+                WorkerCounters::add(&group.counters.dead_lettered, 1);
+                return false;
+            }
+            // Bounded: the worker waits (and with it, by the group's
+            // backpressure, the publisher) rather than drop the event.
+            Parking::Full => group.dead.room().await,
+        }
     }
     let mut attempts = 0u32;
     loop {
@@ -157,12 +165,16 @@ where
                 %error,
                 "event dead-lettered"
             );
-            let letter = DeadLetter {
+            let mut letter = DeadLetter {
                 event: event.clone(),
                 error,
                 attempts,
             };
-            group.dead.push(letter);
+            // A full queue holds the worker until letters are replayed.
+            while let Err(back) = group.dead.push(letter) {
+                letter = back;
+                group.dead.room().await;
+            }
             WorkerCounters::add(&group.counters.dead_lettered, 1);
             return false;
         }
