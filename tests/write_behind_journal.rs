@@ -366,6 +366,12 @@ fn crash_child() {
             println!("replayed {}", layer.stats().replayed);
             return;
         }
+        if mode == "hold" {
+            // Holds the journal until killed (a live process of a rolling
+            // deploy).
+            println!("holding");
+            std::future::pending::<()>().await;
+        }
         let mut out = std::io::stdout().lock();
         for i in start.. {
             layer.put(i, format!("v{i}")).await.unwrap();
@@ -971,4 +977,46 @@ fn a_shutdown_during_an_outage_does_not_wait_out_the_back_off() {
         );
     });
     assert_eq!(store.len(), 0, "held in the journal, not written");
+}
+
+#[test]
+fn a_second_process_on_a_journal_directory_in_use_is_refused_until_the_first_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = std::env::current_exe().unwrap();
+    let mut holder = Command::new(&me)
+        .args([
+            "--exact",
+            "crash_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR, dir.path())
+        .env(CHILD_MODE, "hold")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = holder.stdout.take().unwrap();
+    let holding = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains("holding"));
+    assert!(holding, "the first process took the journal");
+    let open = || {
+        runtime().block_on(async {
+            WriteBehind::builder(MemoryStore::<u64, String>::new())
+                .journal(dir.path().join("journal"), SyncPolicy::Os)
+                .build()
+                .map(|layer| drop(layer))
+        })
+    };
+    let error = open().unwrap_err();
+    assert!(
+        matches!(error.kind(), scalekit::ErrorKind::Unavailable { .. }),
+        "{error}"
+    );
+    holder.kill().unwrap(); // SIGKILL: the kernel lets go of its lock
+    holder.wait().unwrap();
+    open().expect("the directory is free once its process is gone");
 }
