@@ -697,11 +697,22 @@ async fn a_panicking_store_write_is_an_error_and_leaves_the_cache_working() {
     assert_eq!(cache.get(&1).await.unwrap(), Some("after".into()));
 }
 
-/// A tier that counts how often it is asked.
+/// A tier that counts how often it is asked, and whose inserts and
+/// removes fail while `refusing` is set (a shared Redis that times out).
 #[derive(Debug)]
 struct CountingTier {
     inner: Tier<u64, String>,
     asked: std::sync::atomic::AtomicU64,
+    refusing: std::sync::atomic::AtomicBool,
+}
+
+impl CountingTier {
+    fn check(&self) -> Result<()> {
+        if self.refusing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(scalekit::Error::unavailable("tier", "timed out"));
+        }
+        Ok(())
+    }
 }
 
 impl CacheTier for CountingTier {
@@ -719,9 +730,11 @@ impl CacheTier for CountingTier {
         self.inner.get_now(key)
     }
     async fn insert(&self, key: u64, value: Cached<String>, ttl: Option<Duration>) -> Result<()> {
+        self.check()?;
         self.inner.insert(key, value, ttl).await
     }
     async fn remove(&self, key: &u64) -> Result<()> {
+        self.check()?;
         self.inner.remove(key).await
     }
     async fn clear(&self) -> Result<()> {
@@ -740,6 +753,7 @@ async fn a_read_asks_the_tier_once_whether_it_hits_or_misses() {
     let tier = CountingTier {
         inner: tier(),
         asked: Default::default(),
+        refusing: Default::default(),
     };
     let cache = ReadThrough::builder(faulty(20), tier).build().unwrap();
     let asked = || {
@@ -825,53 +839,11 @@ async fn a_store_read_that_panics_fails_its_waiters_and_does_not_wedge_the_key()
     }
 }
 
-/// A tier whose inserts and removes fail while `refusing` is set (a
-/// shared Redis that times out, say).
-#[derive(Debug)]
-struct RefusingTier {
-    inner: Tier<u64, String>,
-    refusing: std::sync::atomic::AtomicBool,
-}
-
-impl RefusingTier {
-    fn check(&self) -> Result<()> {
-        if self.refusing.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(scalekit::Error::unavailable("tier", "timed out"));
-        }
-        Ok(())
-    }
-}
-
-impl CacheTier for RefusingTier {
-    type Key = u64;
-    type Value = Cached<String>;
-
-    async fn get(&self, key: &u64) -> Result<Option<Cached<String>>> {
-        self.inner.get(key).await
-    }
-    async fn insert(&self, key: u64, value: Cached<String>, ttl: Option<Duration>) -> Result<()> {
-        self.check()?;
-        self.inner.insert(key, value, ttl).await
-    }
-    async fn remove(&self, key: &u64) -> Result<()> {
-        self.check()?;
-        self.inner.remove(key).await
-    }
-    async fn clear(&self) -> Result<()> {
-        self.inner.clear().await
-    }
-    async fn entry_count(&self) -> Result<u64> {
-        self.inner.entry_count().await
-    }
-    fn evictions(&self) -> u64 {
-        self.inner.evictions()
-    }
-}
-
 #[tokio::test]
 async fn a_write_whose_tier_entry_cannot_be_updated_or_dropped_is_reported_as_an_error() {
-    let tier = RefusingTier {
+    let tier = CountingTier {
         inner: tier(),
+        asked: Default::default(),
         refusing: Default::default(),
     };
     let cache = WriteThrough::builder(MemoryStore::<u64, String>::new(), tier)

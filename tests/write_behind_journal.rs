@@ -16,6 +16,18 @@ use scalekit::{MemoryStore, Store};
 
 type Shared = Arc<MemoryStore<u64, String>>;
 
+/// A journalled layer over `store` with the default settings.
+fn journalled<S: Store>(store: S, journal: impl AsRef<Path>, policy: SyncPolicy) -> WriteBehind<S>
+where
+    S::Key: scalekit::codec::Codec,
+    S::Value: scalekit::codec::Codec,
+{
+    WriteBehind::builder(store)
+        .journal(journal.as_ref(), policy)
+        .build()
+        .unwrap()
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -78,10 +90,7 @@ fn acknowledged_writes_are_replayed_into_the_store_on_the_next_start() {
     assert_eq!(store.len(), 0, "the store never took them");
 
     runtime().block_on(async {
-        let layer = WriteBehind::builder(Arc::clone(&store))
-            .journal(&journal, SyncPolicy::EveryWrite)
-            .build()
-            .unwrap();
+        let layer = journalled(Arc::clone(&store), &journal, SyncPolicy::EveryWrite);
         // A new write waits for the replay, so it lands after it.
         layer.put(2, "d".into()).await.unwrap();
         layer.flush().await.unwrap();
@@ -94,10 +103,7 @@ fn acknowledged_writes_are_replayed_into_the_store_on_the_next_start() {
     // Confirmed writes leave the log: the next start replays nothing and
     // deletes the segments that held them.
     runtime().block_on(async {
-        let layer = WriteBehind::builder(Arc::clone(&store))
-            .journal(&journal, SyncPolicy::EveryWrite)
-            .build()
-            .unwrap();
+        let layer = journalled(Arc::clone(&store), &journal, SyncPolicy::EveryWrite);
         assert_eq!(layer.stats().replayed, 0, "nothing confirmed is replayed");
         layer.shutdown().await;
     });
@@ -134,10 +140,7 @@ fn a_torn_or_corrupted_record_is_reported_and_not_applied() {
             .unwrap();
 
         runtime().block_on(async {
-            let layer = WriteBehind::builder(Arc::clone(&store))
-                .journal(&journal, SyncPolicy::Os)
-                .build()
-                .unwrap();
+            let layer = journalled(Arc::clone(&store), &journal, SyncPolicy::Os);
             layer.flush().await.unwrap();
             let stats = layer.stats();
             assert_eq!(stats.bad_journal_records, 1, "{damage}: reported");
@@ -174,10 +177,7 @@ fn a_write_the_journal_cannot_encode_is_refused_not_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(MemoryStore::<u64, Picky>::new());
     runtime().block_on(async {
-        let layer = WriteBehind::builder(Arc::clone(&store))
-            .journal(dir.path(), SyncPolicy::EveryWrite)
-            .build()
-            .unwrap();
+        let layer = journalled(Arc::clone(&store), dir.path(), SyncPolicy::EveryWrite);
         layer.put(1, Picky("fine".into())).await.unwrap();
         let error = layer.put(2, Picky("unencodable".into())).await.unwrap_err();
         assert!(
@@ -233,10 +233,7 @@ fn writes_spanning_many_segments_and_one_larger_than_a_segment_are_all_replayed(
     assert!(segments(&journal).len() >= 3, "{:?}", segments(&journal));
 
     runtime().block_on(async {
-        let layer = WriteBehind::builder(Arc::clone(&store))
-            .journal(&journal, SyncPolicy::Os)
-            .build()
-            .unwrap();
+        let layer = journalled(Arc::clone(&store), &journal, SyncPolicy::Os);
         layer.flush().await.unwrap();
         assert_eq!(layer.stats().replayed, writes.len() as u64);
         for (k, v) in &writes {
@@ -288,12 +285,11 @@ fn concurrent_writers_syncing_every_write_all_land() {
     let dir = tempfile::tempdir().unwrap();
     let store: Shared = Arc::default();
     runtime().block_on(async {
-        let layer = Arc::new(
-            WriteBehind::builder(Arc::clone(&store))
-                .journal(dir.path(), SyncPolicy::EveryWrite)
-                .build()
-                .unwrap(),
-        );
+        let layer = Arc::new(journalled(
+            Arc::clone(&store),
+            dir.path(),
+            SyncPolicy::EveryWrite,
+        ));
         let writers: Vec<_> = (0..8u64)
             .map(|w| {
                 let layer = Arc::clone(&layer);
@@ -487,10 +483,7 @@ fn a_writer_cancelled_while_leading_the_journal_sync_does_not_wedge_the_others()
     let dir = tempfile::tempdir().unwrap();
     let store: Shared = Arc::default();
     runtime().block_on(async {
-        let layer = WriteBehind::builder(Arc::clone(&store))
-            .journal(dir.path(), SyncPolicy::EveryWrite)
-            .build()
-            .unwrap();
+        let layer = journalled(Arc::clone(&store), dir.path(), SyncPolicy::EveryWrite);
         // Polled once, the put leads the group commit's sync and waits for
         // it; then it is dropped, as a timeout or a `select!` would.
         {
@@ -621,10 +614,7 @@ fn an_outage_makes_no_dead_letter_and_a_shutdown_during_it_leaves_the_writes_to_
     });
     assert_eq!(store.len(), 0);
     runtime().block_on(async {
-        let layer = WriteBehind::builder(Arc::clone(&store))
-            .journal(&journal, SyncPolicy::EveryWrite)
-            .build()
-            .unwrap();
+        let layer = journalled(Arc::clone(&store), &journal, SyncPolicy::EveryWrite);
         assert!(layer.dead_letters().is_empty());
         layer.flush().await.unwrap();
         assert_eq!(layer.stats().replayed, 2);
@@ -655,10 +645,7 @@ fn replayed_dead_letters_are_written_again_and_leave_the_log() {
             .build()
             .await
             .unwrap();
-        let layer = WriteBehind::builder(roomy)
-            .journal(&journal, SyncPolicy::EveryWrite)
-            .build()
-            .unwrap();
+        let layer = journalled(roomy, &journal, SyncPolicy::EveryWrite);
         assert_eq!(layer.replay_dead_letters().await.unwrap(), 1);
         layer.flush().await.unwrap();
         assert_eq!(
@@ -676,10 +663,7 @@ fn a_second_layer_on_a_journal_directory_in_use_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
     runtime().block_on(async {
-        let first = WriteBehind::builder(MemoryStore::<u64, String>::new())
-            .journal(&journal, SyncPolicy::Os)
-            .build()
-            .unwrap();
+        let first = journalled(MemoryStore::<u64, String>::new(), &journal, SyncPolicy::Os);
         first.put(1, "live".into()).await.unwrap();
         let error = WriteBehind::builder(MemoryStore::<u64, String>::new())
             .journal(&journal, SyncPolicy::Os)
@@ -700,10 +684,7 @@ fn a_second_layer_on_a_journal_directory_in_use_is_refused_by_name() {
         first.shutdown().await;
         drop(first);
         // Once it is gone, the directory can be taken.
-        let next = WriteBehind::builder(MemoryStore::<u64, String>::new())
-            .journal(&journal, SyncPolicy::Os)
-            .build()
-            .unwrap();
+        let next = journalled(MemoryStore::<u64, String>::new(), &journal, SyncPolicy::Os);
         next.shutdown().await;
     });
 }
@@ -727,10 +708,7 @@ fn a_zeroed_page_in_a_segment_is_reported_and_the_records_after_it_are_replayed(
     std::fs::write(journal.join("journal-7.log"), b"not ours").unwrap();
 
     runtime().block_on(async {
-        let layer = WriteBehind::builder(Arc::clone(&store))
-            .journal(&journal, SyncPolicy::Os)
-            .build()
-            .unwrap();
+        let layer = journalled(Arc::clone(&store), &journal, SyncPolicy::Os);
         layer.flush().await.unwrap();
         let damage = layer.journal_damage().to_vec();
         assert_eq!(damage.len(), 1, "{damage:?}");
@@ -760,10 +738,7 @@ fn a_flipped_bit_in_a_checkpoint_replays_the_segment_rather_than_skip_writes() {
     // acknowledged: the checkpoint sits between them.
     runtime().block_on(async {
         let faulty = FaultyStore::new(Arc::clone(&store));
-        let layer = WriteBehind::builder(faulty)
-            .journal(&journal, SyncPolicy::EveryWrite)
-            .build()
-            .unwrap();
+        let layer = journalled(faulty, &journal, SyncPolicy::EveryWrite);
         layer.put(1, "one".into()).await.unwrap();
         layer.put(2, "two".into()).await.unwrap();
         layer.flush().await.unwrap();
@@ -779,10 +754,7 @@ fn a_flipped_bit_in_a_checkpoint_replays_the_segment_rather_than_skip_writes() {
     std::fs::remove_file(journal.join("lock")).unwrap(); // the dead process's
     let fresh: Shared = Arc::default();
     runtime().block_on(async {
-        let layer = WriteBehind::builder(Arc::clone(&fresh))
-            .journal(&journal, SyncPolicy::Os)
-            .build()
-            .unwrap();
+        let layer = journalled(Arc::clone(&fresh), &journal, SyncPolicy::Os);
         layer.flush().await.unwrap();
         assert_eq!(layer.journal_damage().len(), 1);
         assert_eq!(layer.journal_damage()[0].bytes, 8..16);
@@ -808,10 +780,7 @@ fn full_disk_child() {
     };
     let store: Shared = Arc::default();
     runtime().block_on(async {
-        let layer = WriteBehind::builder(Arc::clone(&store))
-            .journal(&dir, SyncPolicy::Os)
-            .build()
-            .unwrap();
+        let layer = journalled(Arc::clone(&store), &dir, SyncPolicy::Os);
         layer.put(1, "small".into()).await.unwrap();
         // Needs a segment of its own, over the limit: refused, not
         // acknowledged.
@@ -935,10 +904,7 @@ fn recovery_of_a_long_backlog_makes_durable_progress_segment_by_segment() {
     // The next start replays only what the store had not taken, by whole
     // segments: the first segment's writes are not sent again.
     runtime().block_on(async {
-        let layer = WriteBehind::builder(Arc::clone(&store))
-            .journal(&journal, SyncPolicy::Os)
-            .build()
-            .unwrap();
+        let layer = journalled(Arc::clone(&store), &journal, SyncPolicy::Os);
         let replayed = layer.stats().replayed;
         assert!(
             replayed < writes.len() as u64,
