@@ -285,6 +285,11 @@ mod tests {
                 Some(token) if token.get() >= key => {}
                 other => missed.push((key, other)),
             }
+            // The first key was folded long ago: the floor must still
+            // cover it, whatever the later prunes did.
+            if key > 1_000 && !recent.token(&1).is_some_and(|token| token.get() >= 1) {
+                missed.push((1, recent.token(&1)));
+            }
         }
         writer.join().unwrap();
         assert!(checked > 1_000, "the reader ran ({checked} checks)");
@@ -295,5 +300,38 @@ mod tests {
             &missed[..missed.len().min(3)]
         );
         assert!(recent.remembered() <= 500);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_floor_is_dropped_once_every_replica_has_it() {
+        let primary = SimulatedPrimary::<u64, String>::new();
+        let replica = primary.replica(Duration::from_millis(5)).await.unwrap();
+        let set = ReplicaSet::builder()
+            .primary(primary)
+            .replica("r1", replica)
+            .build()
+            .await
+            .unwrap();
+        let recent = RecentWrites::with_limit(set.clone(), 4);
+        for position in 1..=20u64 {
+            recent.observe(&position, crate::Position::new(position));
+        }
+        assert!(
+            recent.token(&999).is_some(),
+            "folded: every read waits for the floor"
+        );
+        // The replica catches up with everything (position 20 and more).
+        use crate::Store;
+        for key in 100..140u64 {
+            set.put(key, "v".into()).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        set.refresh().await;
+        assert!(set.applied_by_every_replica().get() >= 20);
+        // The next prune sees that and lets reads of other keys go free.
+        for position in 1_000..1_010u64 {
+            recent.observe(&position, crate::Position::new(1));
+        }
+        assert_eq!(recent.token(&999), None, "the floor is gone");
     }
 }
