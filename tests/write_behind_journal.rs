@@ -974,7 +974,7 @@ fn a_second_process_on_a_journal_directory_in_use_is_refused_until_the_first_die
             WriteBehind::builder(MemoryStore::<u64, String>::new())
                 .journal(dir.path().join("journal"), SyncPolicy::Os)
                 .build()
-                .map(|layer| drop(layer))
+                .map(drop)
         })
     };
     let error = open().unwrap_err();
