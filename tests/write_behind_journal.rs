@@ -986,3 +986,40 @@ fn a_second_process_on_a_journal_directory_in_use_is_refused_until_the_first_die
     holder.wait().unwrap();
     open().expect("the directory is free once its process is gone");
 }
+
+#[test]
+fn an_outage_is_not_tried_write_by_write_every_round() {
+    // Against a down (or hung) store, trying each of a batch's writes
+    // alone would cost a call each (a whole call timeout each, if hung).
+    let dir = tempfile::tempdir().unwrap();
+    let store: Shared = Arc::default();
+    runtime().block_on(async {
+        let faulty = FaultyStore::new(Arc::clone(&store));
+        faulty.set_failing(true);
+        let layer = WriteBehind::builder(faulty)
+            .journal(dir.path(), SyncPolicy::Os)
+            .batch_size(100)
+            .max_delay(Duration::from_millis(1))
+            .retries(0, Duration::from_millis(5), Duration::from_millis(5))
+            .build()
+            .unwrap();
+        let batch: Vec<_> = (0..100u64)
+            .map(|k| scalekit::store::Write::Put(k, "v".to_string()))
+            .collect();
+        layer.write_batch(batch).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let stats = layer.stats();
+        let calls = layer.get_ref().calls().write_batch;
+        assert!(stats.held_retries >= 2, "{stats:?}");
+        // Each round: the batch once, then at most three writes alone.
+        assert!(
+            calls <= (stats.held_retries + 1) * 4,
+            "{calls} store calls in {} rounds",
+            stats.held_retries
+        );
+        layer.get_ref().set_failing(false);
+        layer.flush().await.unwrap();
+        layer.shutdown().await;
+    });
+    assert_eq!(store.len(), 100);
+}

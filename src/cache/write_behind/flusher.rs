@@ -252,22 +252,42 @@ async fn attempt<S: Store>(
 }
 
 /// Tries each write alone (as Hazelcast retries a failed `storeAll` entry
-/// by entry); returns those that failed, with their errors.
+/// by entry); returns those that failed, with their errors. When the
+/// first few all fail for a reason that may pass and none went through,
+/// the store is down (or hung: each try could take a whole call timeout),
+/// so the rest are not tried one by one: they are returned with the same
+/// error, and the caller holds them all as an outage.
 async fn isolate<S: Store>(
     shared: &Shared<S>,
     writes: Vec<Write<S::Key, S::Value>>,
 ) -> Vec<(Write<S::Key, S::Value>, Error)> {
-    let mut failed = Vec::new();
-    for write in writes {
+    /// Transient failures in a row, with nothing through, that end the
+    /// isolation.
+    const LOOKS_DOWN: usize = 3;
+    Counters::add(&shared.counters.isolations, 1);
+    let mut failed: Vec<(Write<S::Key, S::Value>, Error)> = Vec::new();
+    let mut through = 0;
+    let mut writes = writes.into_iter();
+    while let Some(write) = writes.next() {
         match shared.store.write_batch(vec![write.clone()]).await {
             Ok(_) => {
+                through += 1;
                 Counters::add(&shared.counters.batches, 1);
                 Counters::add(&shared.counters.written, 1);
             }
-            Err(error) => failed.push((write, error)),
+            Err(error) => {
+                let looks_down = through == 0
+                    && failed.len() + 1 >= LOOKS_DOWN
+                    && error.is_transient()
+                    && failed.iter().all(|(_, e)| e.is_transient());
+                failed.push((write, error.clone()));
+                if looks_down {
+                    failed.extend(writes.map(|write| (write, error.clone())));
+                    break;
+                }
+            }
         }
     }
-    Counters::add(&shared.counters.isolations, 1);
     failed
 }
 
