@@ -100,7 +100,9 @@ impl<S: Store> Shared<S> {
 /// - **Nothing silently dropped.** A failing batch is retried (transient
 ///   errors only) with exponential back-off and jitter, up to a limit;
 ///   then each of its writes is tried alone, so one bad write cannot fail
-///   its batch. A write the store refuses for good
+///   its batch (when the first three tried alone fail for a reason that
+///   may pass and none goes through, the rest are not tried: that is an
+///   outage). A write the store refuses for good
 ///   ([`ErrorKind::Refused`](crate::ErrorKind::Refused), a codec error), or that fails alone while
 ///   the others go through, becomes a [`DeadLetter`]. When none goes
 ///   through, the store is down: with a journal the writes are **held**
