@@ -251,6 +251,9 @@ async fn attempt<S: Store>(
     }
 }
 
+/// A write that failed alone, with its error.
+type Failed<S> = (Write<<S as Store>::Key, <S as Store>::Value>, Error);
+
 /// Tries each write alone (as Hazelcast retries a failed `storeAll` entry
 /// by entry); returns those that failed, with their errors. When the
 /// first few all fail for a reason that may pass and none went through,
@@ -260,12 +263,12 @@ async fn attempt<S: Store>(
 async fn isolate<S: Store>(
     shared: &Shared<S>,
     writes: Vec<Write<S::Key, S::Value>>,
-) -> Vec<(Write<S::Key, S::Value>, Error)> {
+) -> Vec<Failed<S>> {
     /// Transient failures in a row, with nothing through, that end the
     /// isolation.
     const LOOKS_DOWN: usize = 3;
     Counters::add(&shared.counters.isolations, 1);
-    let mut failed: Vec<(Write<S::Key, S::Value>, Error)> = Vec::new();
+    let mut failed: Vec<Failed<S>> = Vec::new();
     let mut through = 0;
     let mut writes = writes.into_iter();
     while let Some(write) = writes.next() {
