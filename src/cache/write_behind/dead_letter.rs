@@ -425,6 +425,44 @@ mod tests {
     }
 
     #[test]
+    fn the_limit_counts_writes_and_admits_exactly_up_to_it() {
+        let single = |key: u64| DeadLetter {
+            writes: vec![Write::Put(key, "v".to_string())],
+            error: Error::unavailable("test", "down"),
+            attempts: 1,
+        };
+        let letters = DeadLetters::<u64, String>::in_memory(2, None);
+        letters.accept(single(1), false).unwrap();
+        letters.accept(single(2), false).unwrap();
+        assert_eq!(letters.len(), 2, "up to the limit");
+        assert!(matches!(
+            letters.accept(single(3), false),
+            Err((_, Refusal::Full))
+        ));
+        assert_eq!(letters.take(Some(1)).unwrap().len(), 1);
+        letters.accept(single(3), false).unwrap();
+    }
+
+    #[test]
+    fn a_record_that_does_not_decode_is_counted_and_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || DeadLetters::<u64, String>::durable(dir.path(), 10, None, encode, decode);
+        let (letters, _) = open().unwrap();
+        letters.accept(letter(1, true), false).unwrap();
+        drop(letters);
+        // A whole record, checksum and all, whose payload is no letter.
+        let mut bytes = std::fs::read(dir.path().join(FILE)).unwrap();
+        journal::frame_with(&mut bytes, |out| {
+            out.extend_from_slice(b"not a dead letter");
+            Ok(())
+        })
+        .unwrap();
+        std::fs::write(dir.path().join(FILE), &bytes).unwrap();
+        let (letters, bad) = open().unwrap();
+        assert_eq!((bad, letters.peek().len()), (1, 1));
+    }
+
+    #[test]
     fn a_torn_tail_of_the_log_is_reported_and_cut() {
         let dir = tempfile::tempdir().unwrap();
         let open = || DeadLetters::<u64, String>::durable(dir.path(), 10, None, encode, decode);
