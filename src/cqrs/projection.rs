@@ -274,13 +274,7 @@ where
 
     /// The read model now (a rebuild may replace it).
     pub fn read_model(&self) -> Arc<R> {
-        Arc::clone(
-            &self
-                .inner
-                .read_model
-                .read()
-                .unwrap_or_else(PoisonError::into_inner),
-        )
+        self.inner.model()
     }
 
     /// How far it has applied the log: every event below this position.
@@ -317,13 +311,7 @@ where
     /// `apply` tolerates).
     pub async fn replay_dead_events(&self) -> Result<usize> {
         let _applying = self.inner.applying.lock().await;
-        let model = Arc::clone(
-            &self
-                .inner
-                .read_model
-                .read()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        let model = self.inner.model();
         let waiting = self.inner.dead().clone();
         let mut still = Vec::new();
         for dead in &waiting {
@@ -409,6 +397,16 @@ fn checkpoint_key(name: &str) -> String {
 }
 
 impl<R, E: Clone> Inner<R, E> {
+    /// The live read model.
+    fn model(&self) -> Arc<R> {
+        Arc::clone(
+            &self
+                .read_model
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
     fn dead(&self) -> std::sync::MutexGuard<'_, Vec<DeadEvent<E>>> {
         self.dead.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -521,12 +519,7 @@ async fn run<R: Send + Sync + 'static, E: Clone + Send + Sync + 'static>(
         }
         let to = target.min(checkpoint + inner.options.batch);
         let applying = inner.applying.lock().await;
-        let model = Arc::clone(
-            &inner
-                .read_model
-                .read()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        let model = inner.model();
         let applied = async {
             // Set-aside events are recorded before the checkpoint passes
             // them: a crash in between applies the batch again.

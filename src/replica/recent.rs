@@ -243,8 +243,22 @@ mod tests {
     use std::time::Duration;
 
     use super::RecentWrites;
-    use crate::replica::simulated::SimulatedPrimary;
+    use crate::replica::simulated::{SimulatedPrimary, SimulatedReplica};
     use crate::replica::ReplicaSet;
+
+    type Set = ReplicaSet<SimulatedPrimary<u64, String>, SimulatedReplica<u64, String>>;
+
+    /// A set over a simulated primary with one replica `delay` behind it.
+    async fn one_replica(delay: Duration) -> Set {
+        let primary = SimulatedPrimary::<u64, String>::new();
+        let replica = primary.replica(delay).await.unwrap();
+        ReplicaSet::builder()
+            .primary(primary)
+            .replica("r1", replica)
+            .build()
+            .await
+            .unwrap()
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_remembered_key_keeps_its_token_while_the_keys_fold_into_the_floor() {
@@ -252,14 +266,7 @@ mod tests {
         // the limit every prune folds the keys into the floor. A reader
         // asking for the token of the last key written must get one that
         // covers it at every instant, during the folds too.
-        let primary = SimulatedPrimary::<u64, String>::new();
-        let stalled = primary.replica(Duration::from_secs(3_600)).await.unwrap();
-        let set = ReplicaSet::builder()
-            .primary(primary)
-            .replica("stalled", stalled)
-            .build()
-            .await
-            .unwrap();
+        let set = one_replica(Duration::from_secs(3_600)).await;
         let recent = Arc::new(RecentWrites::with_limit(set, 500));
         let last = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -304,14 +311,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_floor_is_dropped_once_every_replica_has_it() {
-        let primary = SimulatedPrimary::<u64, String>::new();
-        let replica = primary.replica(Duration::from_millis(5)).await.unwrap();
-        let set = ReplicaSet::builder()
-            .primary(primary)
-            .replica("r1", replica)
-            .build()
-            .await
-            .unwrap();
+        let set = one_replica(Duration::from_millis(5)).await;
         let recent = RecentWrites::with_limit(set.clone(), 4);
         for position in 1..=20u64 {
             recent.observe(&position, crate::Position::new(position));
