@@ -131,7 +131,7 @@ impl<K: Clone, V: Clone> DeadLetters<K, V> {
         // (a crash mid-append, before the letter counted) never sits in
         // front of the next record.
         if good.len() != bytes.len() {
-            write_file(&path, &good).map_err(|e| io_error("rewrite the dead-letter log", e))?;
+            replace_file(&path, &good).map_err(|e| io_error("rewrite the dead-letter log", e))?;
         }
         let file = OpenOptions::new()
             .create(true)
@@ -238,15 +238,8 @@ impl<K, V> Log<K, V> {
         for letter in letters {
             journal::frame_with(&mut bytes, |out| encode_letter(letter, self.encode, out))?;
         }
-        let temporary = self.path.with_extension("log.tmp");
-        let replaced = (|| {
-            write_file(&temporary, &bytes)?;
-            std::fs::rename(&temporary, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                File::open(dir)?.sync_all()?; // the rename itself
-            }
-            OpenOptions::new().append(true).open(&self.path)
-        })();
+        let replaced = replace_file(&self.path, &bytes)
+            .and_then(|()| OpenOptions::new().append(true).open(&self.path));
         match replaced {
             Ok(file) => {
                 self.file = file;
@@ -264,10 +257,19 @@ fn io_error(operation: &'static str, error: io::Error) -> Error {
     Error::backend("write-behind dead letters", operation, error)
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = File::create(path)?;
+/// Replaces the file at `path` with `bytes` so that a crash leaves the
+/// old contents or the new, never a part: written to a temporary file,
+/// forced to the disk, renamed over it, and the rename forced too.
+fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let temporary = path.with_file_name(REWRITE);
+    let mut file = File::create(&temporary)?;
     file.write_all(bytes)?;
-    file.sync_data()
+    file.sync_data()?;
+    std::fs::rename(&temporary, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// `[attempts: u32][transient: u8][error length: u32][error text]

@@ -117,7 +117,10 @@ impl<S: Store> Shared<S> {
 ///   the writes) and are read back after a restart. At most
 ///   [`max_dead_letters`](WriteBehindBuilder::max_dead_letters) writes are
 ///   kept; past that the flusher holds the writes and retries them until
-///   there is room, rather than drop one. A
+///   there is room, rather than drop one. (A crash between a letter's
+///   append and the journal's confirmation keeps the write in both: it is
+///   replayed into the store and is still a letter, so replaying that
+///   letter later writes its value again.) A
 ///   [`dead_letter_sink`](WriteBehindBuilder::dead_letter_sink) is told of
 ///   each letter (without a journal it takes them instead of the layer).
 ///
