@@ -1025,3 +1025,71 @@ fn an_outage_is_not_tried_write_by_write_every_round() {
     });
     assert_eq!(store.len(), 100);
 }
+
+/// A store that refuses some keys with an error that may pass (a locked
+/// row, say) and takes the others.
+#[derive(Debug, Default)]
+struct FlakyRows {
+    inner: Shared,
+}
+
+impl Store for FlakyRows {
+    type Key = u64;
+    type Value = String;
+
+    async fn get(&self, key: &u64) -> scalekit::Result<Option<String>> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: u64, value: String) -> scalekit::Result<scalekit::Position> {
+        self.write_batch(vec![scalekit::store::Write::Put(key, value)])
+            .await
+    }
+    async fn delete(&self, key: &u64) -> scalekit::Result<scalekit::Position> {
+        self.write_batch(vec![scalekit::store::Write::Delete(*key)])
+            .await
+    }
+    async fn write_batch(
+        &self,
+        batch: Vec<scalekit::store::Write<u64, String>>,
+    ) -> scalekit::Result<scalekit::Position> {
+        if batch.iter().any(|w| [0, 2, 3, 4].contains(w.key())) {
+            return Err(scalekit::Error::unavailable("test", "row locked"));
+        }
+        self.inner.write_batch(batch).await
+    }
+}
+
+#[test]
+fn writes_that_fail_alone_while_others_go_through_are_dead_letters_and_the_rest_land() {
+    // The store is up (writes 1 and 5.. go through), so the failures are
+    // the writes' own, not an outage: isolation tries every write.
+    let dir = tempfile::tempdir().unwrap();
+    let store: Shared = Arc::default();
+    runtime().block_on(async {
+        let layer = WriteBehind::builder(FlakyRows {
+            inner: Arc::clone(&store),
+        })
+        .journal(dir.path(), SyncPolicy::Os)
+        .batch_size(10)
+        .retries(0, Duration::from_millis(1), Duration::from_millis(1))
+        .build()
+        .unwrap();
+        let batch: Vec<_> = (0..10u64)
+            .map(|k| scalekit::store::Write::Put(k, format!("v{k}")))
+            .collect();
+        layer.write_batch(batch).await.unwrap();
+        layer.flush().await.unwrap();
+        let mut lettered: Vec<u64> = layer
+            .dead_letters()
+            .iter()
+            .flat_map(|l| l.writes.iter().map(|w| *w.key()))
+            .collect();
+        lettered.sort_unstable();
+        assert_eq!(lettered, vec![0, 2, 3, 4]);
+        layer.shutdown().await;
+    });
+    let landed: Vec<u64> = (0..10u64)
+        .filter(|k| runtime().block_on(store.get(k)).unwrap().is_some())
+        .collect();
+    assert_eq!(landed, vec![1, 5, 6, 7, 8, 9]);
+}
