@@ -12,6 +12,8 @@
 //! | [`ErrorKind::Config`] | a builder was given a configuration that cannot work | no: fix the configuration |
 //! | [`ErrorKind::Timeout`] | an operation did not finish within its bound | yes |
 //! | [`ErrorKind::Unavailable`] | the store is closed, shut down or unreachable | once it is back |
+//! | [`ErrorKind::Conflict`] | a conditional write found the data changed: someone else wrote first | after reading again |
+//! | [`ErrorKind::Unsupported`] | the store or layer cannot do this operation (a conditional write through a write-behind buffer, say) | no |
 //!
 //! ```
 //! use scalekit::{Error, ErrorKind};
@@ -99,6 +101,32 @@ pub enum ErrorKind {
         operation: &'static str,
         /// How long it was given.
         after: Duration,
+    },
+    /// A conditional write ([`Store::write_if`](crate::Store::write_if))
+    /// found the stored data other than its checks required: someone else
+    /// wrote first. Nothing of the write was applied. Read again, decide
+    /// again, write again.
+    #[error("conflict on {key}: check {check} found {}", found.map_or_else(|| "the key absent".to_string(), |v| format!("version {v}")))]
+    Conflict {
+        /// The key whose check failed, as the key type prints (`Debug`).
+        key: String,
+        /// The index, in the write's list of checks, of the check that
+        /// failed (the first one the store found failing).
+        check: usize,
+        /// The version found, or `None` where the key was absent.
+        found: Option<crate::Version>,
+    },
+    /// The store or layer cannot carry out this operation at all: a
+    /// conditional write through a layer that cannot know the outcome (a
+    /// write-behind buffer), or over a backend that does not implement it.
+    #[error("{component} does not support {operation}: {reason}")]
+    Unsupported {
+        /// The store or layer.
+        component: &'static str,
+        /// The operation (`"write_if"`, `"get_versioned"`).
+        operation: &'static str,
+        /// Why, in words a user can act on.
+        reason: String,
     },
     /// The store is closed, shut down or cannot be reached.
     #[error("{component} is unavailable: {reason}")]
@@ -200,6 +228,35 @@ impl Error {
         .into()
     }
 
+    /// A conflict of a conditional write (see [`ErrorKind::Conflict`]).
+    pub fn conflict(key: impl Into<String>, check: usize, found: Option<crate::Version>) -> Self {
+        ErrorKind::Conflict {
+            key: key.into(),
+            check,
+            found,
+        }
+        .into()
+    }
+
+    /// An operation the component cannot do (see [`ErrorKind::Unsupported`]).
+    pub fn unsupported(
+        component: &'static str,
+        operation: &'static str,
+        reason: impl Into<String>,
+    ) -> Self {
+        ErrorKind::Unsupported {
+            component,
+            operation,
+            reason: reason.into(),
+        }
+        .into()
+    }
+
+    /// Whether this is a [`ErrorKind::Conflict`]: someone else wrote first.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self.kind(), ErrorKind::Conflict { .. })
+    }
+
     /// A codec error.
     pub fn codec<E>(direction: CodecDirection, part: &'static str, source: E) -> Self
     where
@@ -214,7 +271,9 @@ impl Error {
     }
 
     /// Whether retrying the same operation later may succeed
-    /// (backend, timeout and unavailability errors).
+    /// (backend, timeout and unavailability errors). A
+    /// [`Conflict`](ErrorKind::Conflict) is not: the same conditional
+    /// write fails again until its checks are made against fresh reads.
     pub fn is_transient(&self) -> bool {
         matches!(
             self.kind(),
@@ -254,6 +313,28 @@ mod tests {
         assert_eq!(
             refused.to_string(),
             "sqlite refused the data of put: string or blob too big"
+        );
+    }
+
+    #[test]
+    fn a_conflict_names_its_key_and_check_and_is_not_transient() {
+        let e = Error::conflict("\"orders/next\"", 2, Some(crate::Version::new(7)));
+        assert!(e.is_conflict());
+        assert!(!e.is_transient(), "the same checks fail again");
+        assert_eq!(
+            e.to_string(),
+            "conflict on \"orders/next\": check 2 found version 7"
+        );
+        let absent = Error::conflict("k", 0, None);
+        assert_eq!(
+            absent.to_string(),
+            "conflict on k: check 0 found the key absent"
+        );
+        let unsupported = Error::unsupported("WriteBehind", "write_if", "buffered");
+        assert!(!unsupported.is_conflict() && !unsupported.is_transient());
+        assert_eq!(
+            unsupported.to_string(),
+            "WriteBehind does not support write_if: buffered"
         );
     }
 

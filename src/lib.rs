@@ -112,4 +112,4 @@ pub mod testing;
 
 pub use error::{BoxError, CodecDirection, Error, ErrorKind, Result};
 pub use position::Position;
-pub use store::{DynStore, MemoryStore, Store, Write};
+pub use store::{Check, DynStore, MemoryStore, Store, Version, Versioned, Write};

@@ -71,7 +71,11 @@ async fn a_command_commits_its_writes_and_events_together_and_returns_a_token() 
     assert_eq!((first.output, first.token), (1, Position::new(1)));
     assert_eq!((second.output, second.token), (2, Position::new(2)));
     assert_eq!(bus.position().await.unwrap(), Position::new(2));
-    assert_eq!(store.calls().write_batch, 2, "one batch per command");
+    assert_eq!(
+        store.calls().write_if,
+        2,
+        "one conditional batch per command sent alone"
+    );
     let log = bus.read_log(0, 2).await.unwrap();
     assert_eq!(
         log[1],
@@ -91,7 +95,7 @@ async fn a_rejected_command_writes_nothing_and_is_told_apart_from_an_outage() {
         .unwrap();
     let rejected = bus.dispatch(post("ann", "")).await.unwrap_err();
     assert!(matches!(rejected, CommandError::Rejected(_)), "{rejected}");
-    assert_eq!(store.calls().write_batch, 0);
+    assert_eq!(store.calls().write_if + store.calls().write_batch, 0);
     store.set_failing(true);
     let failed = bus.dispatch(post("ann", "hello")).await.unwrap_err();
     assert!(
@@ -153,7 +157,7 @@ async fn the_same_command_key_sent_a_hundred_times_at_once_writes_once() {
     for send in sends {
         receipts.push(send.await.unwrap());
     }
-    assert_eq!(store.calls().write_batch, 1);
+    assert_eq!(bus.position().await.unwrap(), Position::new(1), "one event");
     assert!(receipts
         .iter()
         .all(|r| (r.output, r.token) == (1, Position::new(1))));
@@ -698,6 +702,26 @@ impl scalekit::Store for CommitsThenFails {
         batch: Vec<scalekit::Write<String, Vec<u8>>>,
     ) -> scalekit::Result<Position> {
         let applied = scalekit::Store::write_batch(&self.inner, batch).await?;
+        if self.armed.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return Err(scalekit::Error::unavailable(
+                "test",
+                "connection lost after the commit",
+            ));
+        }
+        Ok(applied)
+    }
+    async fn get_versioned(
+        &self,
+        key: &String,
+    ) -> scalekit::Result<Option<scalekit::Versioned<Vec<u8>>>> {
+        scalekit::Store::get_versioned(&self.inner, key).await
+    }
+    async fn write_if(
+        &self,
+        checks: Vec<scalekit::Check<String>>,
+        batch: Vec<scalekit::Write<String, Vec<u8>>>,
+    ) -> scalekit::Result<Position> {
+        let applied = scalekit::Store::write_if(&self.inner, checks, batch).await?;
         if self.armed.swap(false, std::sync::atomic::Ordering::Relaxed) {
             return Err(scalekit::Error::unavailable(
                 "test",

@@ -180,7 +180,10 @@ where
             )
             .build()?,
     );
+    // A write-behind buffer acknowledges before SQLite decides, so it
+    // cannot write conditionally: this bus is the posts log's only writer.
     let commands: Commands<Q> = CommandBus::builder(Arc::clone(&posts), "posts")
+        .single_process()
         .handle(PostHandler)
         .build()?;
     let source: Arc<dyn EventSource<PostCreated>> = Arc::new(commands.clone());

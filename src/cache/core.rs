@@ -34,7 +34,7 @@ use tracing::Instrument;
 
 use super::stats::{CacheStats, Counters};
 use super::tier::CacheTier;
-use crate::store::{Store, Write};
+use crate::store::{Check, Store, Write};
 use crate::{Error, Position, Result};
 
 const STRIPES: usize = 1024;
@@ -584,17 +584,34 @@ where
         batch: Vec<Write<S::Key, S::Value>>,
     ) -> Result<Position> {
         let core = Arc::clone(self);
-        tokio::spawn(async move { core.write_fenced(batch).await })
+        tokio::spawn(async move { core.write_fenced(None, batch).await })
             .await
             .map_err(|_| task_failed("write"))?
     }
 
+    /// A conditional write through the store; the tier is updated or
+    /// invalidated as after a plain write of the batch.
+    pub(crate) async fn write_if(
+        self: &Arc<Self>,
+        checks: Vec<Check<S::Key>>,
+        batch: Vec<Write<S::Key, S::Value>>,
+    ) -> Result<Position> {
+        let core = Arc::clone(self);
+        tokio::spawn(async move { core.write_fenced(Some(checks), batch).await })
+            .await
+            .map_err(|_| task_failed("write_if"))?
+    }
+
     async fn write_fenced(
         self: &Arc<Self>,
+        checks: Option<Vec<Check<S::Key>>>,
         batch: Vec<Write<S::Key, S::Value>>,
     ) -> Result<Position> {
         // What the tier needs afterwards: the last write per key, with its
         // value only when the tier is updated (write-through).
+        // A conditional write that succeeds leaves exactly its batch, as
+        // a plain one does; one that fails changes nothing, and its keys
+        // are dropped as after any failed write.
         let finals = match self.config.mode {
             WriteMode::Update => Write::coalesce(batch.clone()),
             WriteMode::Invalidate => Write::coalesce(
@@ -626,10 +643,12 @@ where
             stripes: stripes.clone(),
             keys: finals.iter().map(|w| w.key().clone()).collect(),
         };
-        let result = match <[_; 1]>::try_from(batch) {
-            Ok([Write::Put(key, value)]) => self.store.put(key, value).await,
-            Ok([Write::Delete(key)]) => self.store.delete(&key).await,
-            Err(batch) => self.store.write_batch(batch).await,
+        let result = match (checks, <[_; 1]>::try_from(batch)) {
+            (Some(checks), Ok(batch)) => self.store.write_if(checks, batch.into()).await,
+            (Some(checks), Err(batch)) => self.store.write_if(checks, batch).await,
+            (None, Ok([Write::Put(key, value)])) => self.store.put(key, value).await,
+            (None, Ok([Write::Delete(key)])) => self.store.delete(&key).await,
+            (None, Err(batch)) => self.store.write_batch(batch).await,
         };
         unwinding.core = None;
         let mut unsettled = 0;

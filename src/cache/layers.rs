@@ -106,6 +106,25 @@ macro_rules! cache_layer {
             async fn write_batch(&self, batch: Vec<Write<S::Key, S::Value>>) -> Result<Position> {
                 self.core.write(batch).await
             }
+
+            /// Read from the store, past the tier: a cached value has no
+            /// version.
+            async fn get_versioned(
+                &self,
+                key: &S::Key,
+            ) -> Result<Option<crate::Versioned<S::Value>>> {
+                self.core.store.get_versioned(key).await
+            }
+
+            /// Forwarded to the store; the tier then changes as after a
+            /// plain write of the batch (a conflict drops the keys).
+            async fn write_if(
+                &self,
+                checks: Vec<crate::Check<S::Key>>,
+                batch: Vec<Write<S::Key, S::Value>>,
+            ) -> Result<Position> {
+                self.core.write_if(checks, batch).await
+            }
         }
     };
 }

@@ -7,12 +7,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use super::commit::{Committer, Outcome, Pending};
 use super::log::{self, LogKeys, WriteStore};
 use super::middleware::{BoxedOutcome, Envelope, Failure, MessageKind, Middleware, Pipeline};
 use super::registry::Registry;
 use crate::codec::Codec;
 use crate::events::Topic;
-use crate::store::Write;
+use crate::store::{Check, Write};
 use crate::{Error, Position, Result};
 
 /// A request to change the write model. Its handler returns an `Output`
@@ -60,6 +61,9 @@ pub struct CommandContext<'a, E> {
     store: &'a dyn crate::DynStore<Key = String, Value = Vec<u8>>,
     writes: Vec<Write<String, Vec<u8>>>,
     events: Vec<E>,
+    /// What the handler read, as checks its commit makes (`None` on a
+    /// single-process bus, which needs none).
+    reads: Option<std::sync::Mutex<Vec<Check<String>>>>,
 }
 
 impl<E> fmt::Debug for CommandContext<'_, E> {
@@ -73,7 +77,10 @@ impl<E> fmt::Debug for CommandContext<'_, E> {
 
 impl<E: Codec> CommandContext<'_, E> {
     /// Reads a document of the write model (seeing this command's own
-    /// staged writes).
+    /// staged writes). On a concurrent bus (the default) the version read
+    /// is remembered, and the command commits only if the document is
+    /// still at that version: if another command (in any process) wrote
+    /// it meanwhile, the handler runs again on fresh reads.
     ///
     /// # Errors
     ///
@@ -84,12 +91,32 @@ impl<E: Codec> CommandContext<'_, E> {
         match self.writes.iter().rev().find(|write| write.key() == key) {
             Some(Write::Put(_, bytes)) => log::decode("value", bytes).map(Some),
             Some(Write::Delete(_)) => Ok(None),
-            None => self
-                .store
-                .dyn_get(&key.to_string())
-                .await?
-                .map(|bytes| log::decode("value", &bytes))
-                .transpose(),
+            None => {
+                let key = key.to_string();
+                let bytes = match &self.reads {
+                    None => self.store.dyn_get(&key).await?,
+                    Some(reads) => {
+                        let read = self.store.dyn_get_versioned(&key).await.map_err(|error| {
+                            match error.kind() {
+                                crate::ErrorKind::Unsupported { .. } => Error::unsupported(
+                                    "CommandBus",
+                                    "concurrent commands",
+                                    format!("the write store cannot read versions ({error}): build the bus with .single_process() if it is the log's only writer"),
+                                ),
+                                _ => error,
+                            }
+                        })?;
+                        let mut reads = reads
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if !reads.iter().any(|check| *check.key() == key) {
+                            reads.push(Check::unchanged(key, read.as_ref()));
+                        }
+                        read.map(|read| read.value)
+                    }
+                };
+                bytes.map(|bytes| log::decode("value", &bytes)).transpose()
+            }
         }
     }
 
@@ -162,11 +189,14 @@ struct Inner<S, E: Clone> {
     keys: LogKeys,
     handlers: Registry,
     topic: Option<Topic<Recorded<E>>>,
-    /// Commands run one at a time: the handler's reads, its commit and the
-    /// log's next sequence number stay consistent.
-    /// It holds the log's next sequence number once read (this bus is the
-    /// log's only writer).
+    /// On a single-process bus, commands run one at a time under it: the
+    /// handler's reads, its commit and the log's next sequence number stay
+    /// consistent. It holds the next number once read (the bus is the
+    /// log's only writer). On a concurrent bus, publishing takes it.
     turn: tokio::sync::Mutex<Option<u64>>,
+    /// `None` on a single-process bus.
+    committer: Option<Committer>,
+    max_conflict_retries: u32,
     /// The log position after each commit, for projections in this
     /// process.
     commits: tokio::sync::watch::Sender<u64>,
@@ -176,7 +206,18 @@ struct Inner<S, E: Clone> {
 /// Dispatches each command to its one handler, commits the handler's
 /// writes, its events (to the log) and, for an idempotent command, its
 /// result in one batch, then publishes the events to the topic, if any.
-/// Cloning it is cheap. Commands run one at a time per bus.
+/// Cloning it is cheap.
+///
+/// By default commands run concurrently, in this process and in any
+/// other over the same store: each commit is a conditional write
+/// ([`Store::write_if`](crate::Store::write_if)) that checks what the
+/// handler read, that the log's slots are free and that the idempotency
+/// key is new, and commands that commit together go in one batch. A
+/// command whose reads went stale runs again (at most
+/// [`max_conflict_retries`](CommandBusBuilder::max_conflict_retries)
+/// times). Over a store without conditional writes (a
+/// [`WriteBehind`](crate::cache::WriteBehind)), build it
+/// [`single_process`](CommandBusBuilder::single_process).
 pub struct CommandBus<S, E: Clone> {
     inner: Arc<Inner<S, E>>,
 }
@@ -207,6 +248,8 @@ pub struct CommandBusBuilder<S, E: Clone> {
     handlers: Registry,
     topic: Option<Topic<Recorded<E>>>,
     pipeline: Pipeline,
+    single_process: bool,
+    max_conflict_retries: u32,
 }
 
 impl<S, E: Clone> fmt::Debug for CommandBusBuilder<S, E> {
@@ -244,6 +287,25 @@ where
         self
     }
 
+    /// Makes this bus the log's only writer: commands run one at a time,
+    /// and commit with plain batches (no conditional writes, no version
+    /// reads). For a store that cannot write conditionally (a
+    /// [`WriteBehind`](crate::cache::WriteBehind)). It is correct only
+    /// while no other bus, in this process or another, writes the same
+    /// log: two such buses overwrite each other's events.
+    pub fn single_process(mut self) -> Self {
+        self.single_process = true;
+        self
+    }
+
+    /// How many times a command whose reads went stale runs again before
+    /// it fails with the [`ErrorKind::Conflict`](crate::ErrorKind::Conflict)
+    /// (default 10).
+    pub fn max_conflict_retries(mut self, retries: u32) -> Self {
+        self.max_conflict_retries = retries;
+        self
+    }
+
     /// Builds the bus.
     ///
     /// # Errors
@@ -262,6 +324,8 @@ where
                 handlers: self.handlers,
                 topic: self.topic,
                 turn: tokio::sync::Mutex::new(None),
+                committer: (!self.single_process).then(Committer::default),
+                max_conflict_retries: self.max_conflict_retries,
                 commits: tokio::sync::watch::Sender::new(0),
                 pipeline: self.pipeline,
             }),
@@ -283,6 +347,8 @@ where
             handlers: Registry::default(),
             topic: None,
             pipeline: Pipeline::default(),
+            single_process: false,
+            max_conflict_retries: 10,
         }
     }
 
@@ -357,7 +423,7 @@ where
     }
 
     /// Handles `command` without the pipeline.
-    async fn dispatch_once<C: Command>(
+    async fn dispatch_once<C: Command + Clone>(
         &self,
         command: C,
     ) -> std::result::Result<Receipt<C::Output>, CommandError> {
@@ -368,6 +434,11 @@ where
         let idempotency = command
             .idempotency_key()
             .map(|key| inner.keys.handled(&key));
+        if inner.committer.is_some() {
+            return self
+                .dispatch_concurrent(command, Arc::clone(handler), idempotency)
+                .await;
+        }
         let mut turn = inner.turn.lock().await;
         if let Some(record) = &idempotency {
             if let Some(bytes) = inner.store.get(record).await? {
@@ -383,6 +454,7 @@ where
             store: &inner.store,
             writes: Vec::new(),
             events: Vec::new(),
+            reads: None,
         };
         let output = handler.handle(command, &mut context).await?;
         let CommandContext {
@@ -415,6 +487,117 @@ where
             token,
             repeated: false,
         })
+    }
+
+    /// Runs the handler, queues its commit with the others running now,
+    /// and runs it again (bounded) when its reads went stale.
+    async fn dispatch_concurrent<C: Command + Clone>(
+        &self,
+        command: C,
+        handler: Arc<dyn ErasedHandler<C, E>>,
+        idempotency: Option<String>,
+    ) -> std::result::Result<Receipt<C::Output>, CommandError> {
+        let inner = &*self.inner;
+        let Some(committer) = &inner.committer else {
+            return Err(Error::config("CommandBus", "a concurrent bus without a committer").into());
+        };
+        let mut conflicts = 0;
+        loop {
+            if let Some(record) = &idempotency {
+                if let Some(bytes) = inner.store.get(record).await? {
+                    let (output, token) = decode_result::<C::Output>(&bytes)?;
+                    return Ok(Receipt {
+                        output,
+                        token,
+                        repeated: true,
+                    });
+                }
+            }
+            let mut context = CommandContext {
+                store: &inner.store,
+                writes: Vec::new(),
+                events: Vec::new(),
+                reads: Some(std::sync::Mutex::new(Vec::new())),
+            };
+            let output = handler.handle(command.clone(), &mut context).await?;
+            let CommandContext {
+                writes,
+                events,
+                reads,
+                ..
+            } = context;
+            let mut checks = reads
+                .map(|reads| {
+                    reads
+                        .into_inner()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                })
+                .unwrap_or_default();
+            let record = match &idempotency {
+                Some(record) => {
+                    checks.push(Check::Absent(record.clone()));
+                    Some((record.clone(), log::encode("value", &output)?))
+                }
+                None => None,
+            };
+            let events = events
+                .iter()
+                .map(|event| log::encode("value", event))
+                .collect::<Result<Vec<_>>>()?;
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            committer.enqueue(Pending {
+                checks,
+                writes,
+                events,
+                record,
+                reply,
+            });
+            // The group commit runs in a task of its own: a caller that
+            // gives up never cuts it short for the commands queued with it.
+            let bus = Arc::clone(&self.inner);
+            tokio::spawn(async move {
+                if let Some(committer) = &bus.committer {
+                    if let Some(next) = committer.commit_queued(&bus.store, &bus.keys).await {
+                        bus.commits.send_modify(|seen| *seen = (*seen).max(next));
+                    }
+                }
+            });
+            let outcome = answer.await.unwrap_or_else(|_| {
+                Outcome::Failed(Error::unavailable(
+                    "CommandBus",
+                    "the commit task ended without an answer",
+                ))
+            });
+            match outcome {
+                Outcome::Committed(token) => {
+                    if let Err(error) = self.publish_pending().await {
+                        tracing::warn!(%error, "committed events could not be published yet");
+                    }
+                    return Ok(Receipt {
+                        output,
+                        token,
+                        repeated: false,
+                    });
+                }
+                Outcome::Conflict(error) => {
+                    conflicts += 1;
+                    if conflicts > inner.max_conflict_retries {
+                        return Err(error.into());
+                    }
+                }
+                Outcome::Failed(error) => {
+                    return Err(match error.kind() {
+                        crate::ErrorKind::Unsupported { .. } => Error::unsupported(
+                            "CommandBus",
+                            "concurrent commands",
+                            format!("the write store cannot write conditionally ({error}): build the bus with .single_process() if it is the log's only writer"),
+                        ),
+                        _ => error,
+                    }
+                    .into())
+                }
+            }
+        }
     }
 
     /// Tells the log position after each commit made through this bus (in
@@ -457,7 +640,20 @@ where
             return Ok(0);
         };
         let _turn = inner.turn.lock().await;
-        let published = log::read_counter(&inner.store, &inner.keys.published()).await?;
+        let (published, cursor_version) = if inner.committer.is_some() {
+            match inner.store.get_versioned(&inner.keys.published()).await? {
+                Some(read) => (
+                    log::decode::<u64>("value", &read.value)?,
+                    Some(read.version),
+                ),
+                None => (0, None),
+            }
+        } else {
+            (
+                log::read_counter(&inner.store, &inner.keys.published()).await?,
+                None,
+            )
+        };
         let next = log::read_counter(&inner.store, &inner.keys.next()).await?;
         if published >= next {
             return Ok(0);
@@ -471,11 +667,30 @@ where
                     .map(|(sequence, event)| (None, Recorded { sequence, event })),
             )
             .await?;
-        inner
+        let cursor = log::encode("value", &next)?;
+        if inner.committer.is_none() {
+            inner.store.put(inner.keys.published(), cursor).await?;
+            return Ok(next - published);
+        }
+        // Many buses may publish one log: the cursor only moves forward
+        // from what was read (another bus that moved it first published
+        // these events too: at least once, never lost).
+        let check = match cursor_version {
+            Some(version) => Check::Version(inner.keys.published(), version),
+            None => Check::Absent(inner.keys.published()),
+        };
+        match inner
             .store
-            .put(inner.keys.published(), log::encode("value", &next)?)
-            .await?;
-        Ok(next - published)
+            .write_if(
+                vec![check],
+                vec![Write::Put(inner.keys.published(), cursor)],
+            )
+            .await
+        {
+            Ok(_) => Ok(next - published),
+            Err(error) if error.is_conflict() => Ok(0),
+            Err(error) => Err(error),
+        }
     }
 }
 

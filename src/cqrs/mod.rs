@@ -83,6 +83,7 @@
 //! read model.
 
 mod command;
+mod commit;
 mod log;
 mod middleware;
 mod projection;

@@ -218,7 +218,11 @@ where
 {
     /// Writes the batch, then publishes its changes. Keys are encoded
     /// first, so a key that cannot be encoded fails before the write.
-    async fn write_and_publish(&self, batch: Vec<Write<S::Key, S::Value>>) -> Result<Position> {
+    async fn write_and_publish(
+        &self,
+        checks: Option<Vec<crate::Check<S::Key>>>,
+        batch: Vec<Write<S::Key, S::Value>>,
+    ) -> Result<Position> {
         let keys = batch
             .iter()
             .map(|write| event_key(write.key()))
@@ -244,13 +248,14 @@ where
                 Write::Delete(key) => (key.clone(), None),
             })
             .collect();
-        let position = match batch.len() {
-            1 => match batch.into_iter().next() {
+        let position = match (checks, batch.len()) {
+            (Some(checks), _) => self.store.write_if(checks, batch).await?,
+            (None, 1) => match batch.into_iter().next() {
                 Some(Write::Put(key, value)) => self.store.put(key, value).await?,
                 Some(Write::Delete(key)) => self.store.delete(&key).await?,
                 None => Position::ZERO,
             },
-            _ => self.store.write_batch(batch).await?,
+            (None, _) => self.store.write_batch(batch).await?,
         };
         let events = keys
             .into_iter()
@@ -284,11 +289,12 @@ where
     }
 
     async fn put(&self, key: S::Key, value: S::Value) -> Result<Position> {
-        self.write_and_publish(vec![Write::Put(key, value)]).await
+        self.write_and_publish(None, vec![Write::Put(key, value)])
+            .await
     }
 
     async fn delete(&self, key: &S::Key) -> Result<Position> {
-        self.write_and_publish(vec![Write::Delete(key.clone())])
+        self.write_and_publish(None, vec![Write::Delete(key.clone())])
             .await
     }
 
@@ -300,7 +306,24 @@ where
         if batch.is_empty() {
             return self.store.write_batch(batch).await;
         }
-        self.write_and_publish(batch).await
+        self.write_and_publish(None, batch).await
+    }
+
+    async fn get_versioned(&self, key: &S::Key) -> Result<Option<crate::Versioned<S::Value>>> {
+        self.store.get_versioned(key).await
+    }
+
+    /// Forwarded; the changes are published only when the checks held and
+    /// the write committed (a conflict publishes nothing).
+    async fn write_if(
+        &self,
+        checks: Vec<crate::Check<S::Key>>,
+        batch: Vec<Write<S::Key, S::Value>>,
+    ) -> Result<Position> {
+        if batch.is_empty() {
+            return self.store.write_if(checks, batch).await;
+        }
+        self.write_and_publish(Some(checks), batch).await
     }
 }
 

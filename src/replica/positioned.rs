@@ -21,7 +21,7 @@ pub trait Positioned: Store {
 /// writes.
 impl<K, V> Positioned for MemoryStore<K, V>
 where
-    K: Clone + Eq + std::hash::Hash + Send + Sync + 'static,
+    K: Clone + Eq + std::hash::Hash + std::fmt::Debug + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
     async fn applied_position(&self) -> Result<Position> {

@@ -234,6 +234,22 @@ where
         let written = self.set.write_batch(batch).await;
         self.wrote(&keys, written)
     }
+
+    async fn get_versioned(&self, key: &P::Key) -> Result<Option<crate::Versioned<P::Value>>> {
+        self.set.get_versioned(key).await
+    }
+
+    /// Forwarded to the primary; on success the written keys are
+    /// remembered as after any write.
+    async fn write_if(
+        &self,
+        checks: Vec<crate::Check<P::Key>>,
+        batch: Vec<Write<P::Key, P::Value>>,
+    ) -> Result<Position> {
+        let keys: Vec<P::Key> = batch.iter().map(|w| w.key().clone()).collect();
+        let written = self.set.write_if(checks, batch).await;
+        self.wrote(&keys, written)
+    }
 }
 
 #[cfg(test)]

@@ -91,4 +91,16 @@ where
     async fn write_batch(&self, batch: Vec<Write<P::Key, P::Value>>) -> Result<Position> {
         self.wrote(self.set.write_batch(batch).await)
     }
+
+    async fn get_versioned(&self, key: &P::Key) -> Result<Option<crate::Versioned<P::Value>>> {
+        self.set.get_versioned(key).await
+    }
+
+    async fn write_if(
+        &self,
+        checks: Vec<crate::Check<P::Key>>,
+        batch: Vec<Write<P::Key, P::Value>>,
+    ) -> Result<Position> {
+        self.wrote(self.set.write_if(checks, batch).await)
+    }
 }

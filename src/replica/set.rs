@@ -770,6 +770,24 @@ where
         self.inner.saw_primary(position);
         Ok(position)
     }
+
+    /// From the primary: a version read for a later check must be the
+    /// latest, and a replica's may be behind.
+    async fn get_versioned(&self, key: &P::Key) -> Result<Option<crate::Versioned<P::Value>>> {
+        self.inner.primary.get_versioned(key).await
+    }
+
+    /// To the primary, as every write.
+    async fn write_if(
+        &self,
+        checks: Vec<crate::Check<P::Key>>,
+        batch: Vec<Write<P::Key, P::Value>>,
+    ) -> Result<Position> {
+        bump(&self.inner.counters.writes);
+        let position = self.inner.primary.write_if(checks, batch).await?;
+        self.inner.saw_primary(position);
+        Ok(position)
+    }
 }
 
 /// A replica set is positioned as its primary is.

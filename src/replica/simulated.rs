@@ -80,7 +80,7 @@ impl<K, V, S> fmt::Debug for SimulatedPrimary<K, V, S> {
 
 impl<K, V> Default for SimulatedPrimary<K, V>
 where
-    K: Clone + Eq + Hash + Send + Sync + 'static,
+    K: Clone + Eq + Hash + std::fmt::Debug + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
     fn default() -> Self {
@@ -90,7 +90,7 @@ where
 
 impl<K, V> SimulatedPrimary<K, V>
 where
-    K: Clone + Eq + Hash + Send + Sync + 'static,
+    K: Clone + Eq + Hash + std::fmt::Debug + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
     /// An empty in-memory primary with no replicas.
@@ -101,7 +101,7 @@ where
 
 impl<K, V, S> SimulatedPrimary<K, V, S>
 where
-    K: Clone + Eq + Hash + Send + Sync + 'static,
+    K: Clone + Eq + Hash + std::fmt::Debug + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
     S: Store<Key = K, Value = V>,
 {
@@ -206,7 +206,7 @@ fn nanos(duration: Duration) -> u64 {
 
 impl<K, V, S> Store for SimulatedPrimary<K, V, S>
 where
-    K: Clone + Eq + Hash + Send + Sync + 'static,
+    K: Clone + Eq + Hash + std::fmt::Debug + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
     S: Store<Key = K, Value = V>,
 {
@@ -235,11 +235,25 @@ where
         self.commit(batch.clone(), self.inner.store.write_batch(batch))
             .await
     }
+
+    async fn get_versioned(&self, key: &K) -> Result<Option<crate::Versioned<V>>> {
+        self.inner.store.get_versioned(key).await
+    }
+
+    /// Ships the batch to the replicas only when the checks held.
+    async fn write_if(
+        &self,
+        checks: Vec<crate::Check<K>>,
+        batch: Vec<Write<K, V>>,
+    ) -> Result<Position> {
+        self.commit(batch.clone(), self.inner.store.write_if(checks, batch))
+            .await
+    }
 }
 
 impl<K, V, S> Positioned for SimulatedPrimary<K, V, S>
 where
-    K: Clone + Eq + Hash + Send + Sync + 'static,
+    K: Clone + Eq + Hash + std::fmt::Debug + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
     S: Store<Key = K, Value = V>,
 {
@@ -306,7 +320,7 @@ async fn apply<K, V>(
     replica: Arc<ReplicaShared<K, V>>,
     mut shipments: UnboundedReceiver<Arc<Shipment<K, V>>>,
 ) where
-    K: Clone + Eq + Hash + Send + Sync + 'static,
+    K: Clone + Eq + Hash + std::fmt::Debug + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
     while let Some(shipment) = shipments.recv().await {
@@ -329,7 +343,7 @@ fn read_only() -> Error {
 
 impl<K, V> Store for SimulatedReplica<K, V>
 where
-    K: Clone + Eq + Hash + Send + Sync + 'static,
+    K: Clone + Eq + Hash + std::fmt::Debug + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
     type Key = K;
@@ -354,11 +368,25 @@ where
     async fn write_batch(&self, _batch: Vec<Write<K, V>>) -> Result<Position> {
         Err(read_only())
     }
+
+    /// The replica's own copy, with the version it was stamped with here
+    /// (a replica's versions are its own, not the primary's).
+    async fn get_versioned(&self, key: &K) -> Result<Option<crate::Versioned<V>>> {
+        self.shared.store.get_versioned(key).await
+    }
+
+    async fn write_if(
+        &self,
+        _checks: Vec<crate::Check<K>>,
+        _batch: Vec<Write<K, V>>,
+    ) -> Result<Position> {
+        Err(read_only())
+    }
 }
 
 impl<K, V> Positioned for SimulatedReplica<K, V>
 where
-    K: Clone + Eq + Hash + Send + Sync + 'static,
+    K: Clone + Eq + Hash + std::fmt::Debug + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
     async fn applied_position(&self) -> Result<Position> {

@@ -355,6 +355,55 @@ where
         }
         Ok(self.position())
     }
+
+    async fn get_versioned(&self, key: &S::Key) -> Result<Option<crate::Versioned<S::Value>>> {
+        let shard = self.shard_of(key)?;
+        self.bounded(self.counted(shard, 1).get_versioned(key))
+            .await
+    }
+
+    /// Sent to the shard of its keys, which must all live on one shard
+    /// (conditional writes are atomic within one store only); resolves
+    /// to the store's position, as [`put`](Store::put).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) for keys
+    /// on more than one shard; the shard's errors, a conflict among them.
+    async fn write_if(
+        &self,
+        checks: Vec<crate::Check<S::Key>>,
+        batch: Vec<Write<S::Key, S::Value>>,
+    ) -> Result<Position> {
+        let mut shard = None;
+        for key in checks
+            .iter()
+            .map(|c| c.key())
+            .chain(batch.iter().map(Write::key))
+        {
+            let this = self.shard_of(key)?;
+            match shard {
+                Some(first) if first != this => {
+                    return Err(Error::unsupported(
+                        COMPONENT,
+                        "write_if",
+                        format!(
+                            "its keys live on shards {first} and {this}: a conditional write is atomic within one shard only"
+                        ),
+                    ))
+                }
+                _ => shard = Some(this),
+            }
+        }
+        let Some(shard) = shard else {
+            return Ok(self.position());
+        };
+        let position = self
+            .bounded(self.counted(shard, 1).write_if(checks, batch))
+            .await?;
+        self.reached(shard, position);
+        Ok(self.position())
+    }
 }
 
 /// Configures a [`Sharded`] store; see [`Sharded::builder`].

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Store, Write};
+use super::{Check, Store, Versioned, Write};
 use crate::{Position, Result};
 
 /// The object-safe twin of [`Store`]: the same operations, each returning a
@@ -41,7 +41,7 @@ use crate::{Position, Result};
 #[async_trait]
 pub trait DynStore: Debug + Send + Sync + 'static {
     /// The key type.
-    type Key: Clone + Eq + Hash + Send + Sync + 'static;
+    type Key: Clone + Eq + Hash + Debug + Send + Sync + 'static;
     /// The value type.
     type Value: Clone + Send + Sync + 'static;
 
@@ -55,6 +55,14 @@ pub trait DynStore: Debug + Send + Sync + 'static {
     async fn dyn_get_many(&self, keys: &[Self::Key]) -> Result<Vec<Option<Self::Value>>>;
     /// [`Store::write_batch`] with a boxed future.
     async fn dyn_write_batch(&self, batch: Vec<Write<Self::Key, Self::Value>>) -> Result<Position>;
+    /// [`Store::get_versioned`] with a boxed future.
+    async fn dyn_get_versioned(&self, key: &Self::Key) -> Result<Option<Versioned<Self::Value>>>;
+    /// [`Store::write_if`] with a boxed future.
+    async fn dyn_write_if(
+        &self,
+        checks: Vec<Check<Self::Key>>,
+        batch: Vec<Write<Self::Key, Self::Value>>,
+    ) -> Result<Position>;
 }
 
 #[async_trait]
@@ -77,6 +85,16 @@ impl<S: Store> DynStore for S {
     async fn dyn_write_batch(&self, batch: Vec<Write<Self::Key, Self::Value>>) -> Result<Position> {
         Store::write_batch(self, batch).await
     }
+    async fn dyn_get_versioned(&self, key: &Self::Key) -> Result<Option<Versioned<Self::Value>>> {
+        Store::get_versioned(self, key).await
+    }
+    async fn dyn_write_if(
+        &self,
+        checks: Vec<Check<Self::Key>>,
+        batch: Vec<Write<Self::Key, Self::Value>>,
+    ) -> Result<Position> {
+        Store::write_if(self, checks, batch).await
+    }
 }
 
 /// Implements [`Store`] for a pointer to `dyn DynStore` by forwarding.
@@ -84,7 +102,7 @@ macro_rules! store_for_dyn_pointer {
     ($pointer:ident) => {
         impl<K, V> Store for $pointer<dyn DynStore<Key = K, Value = V>>
         where
-            K: Clone + Eq + Hash + Send + Sync + 'static,
+            K: Clone + Eq + Hash + Debug + Send + Sync + 'static,
             V: Clone + Send + Sync + 'static,
         {
             type Key = K;
@@ -104,6 +122,16 @@ macro_rules! store_for_dyn_pointer {
             }
             async fn write_batch(&self, batch: Vec<Write<K, V>>) -> Result<Position> {
                 DynStore::dyn_write_batch(&**self, batch).await
+            }
+            async fn get_versioned(&self, key: &K) -> Result<Option<Versioned<V>>> {
+                DynStore::dyn_get_versioned(&**self, key).await
+            }
+            async fn write_if(
+                &self,
+                checks: Vec<Check<K>>,
+                batch: Vec<Write<K, V>>,
+            ) -> Result<Position> {
+                DynStore::dyn_write_if(&**self, checks, batch).await
             }
         }
     };

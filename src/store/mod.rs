@@ -53,6 +53,49 @@
 //!   the store usable; a dropped write may or may not have been applied.
 //! - **Deleting an absent key is not an error.**
 //!
+//! # Conditional writes
+//!
+//! Several processes over one store coordinate through the store, never
+//! through one process's memory. The tool is the conditional write:
+//! [`write_if`](Store::write_if) applies a batch only if every [`Check`]
+//! holds (etcd's *compare, then ops*; object_store's `PutMode::Create` and
+//! `PutMode::Update`), and [`get_versioned`](Store::get_versioned) reads a
+//! value with the [`Version`] a check can require.
+//!
+//! | you need | check |
+//! |---|---|
+//! | insert if absent (an idempotency record, a lease nobody holds) | [`Check::Absent`] on the key you put |
+//! | compare and set (a counter, an aggregate, a routing table) | [`Check::Version`] with the version you read |
+//! | "what I read is still true" while writing other keys (a fence) | a check on the key read, with puts of other keys |
+//!
+//! A store that implements them promises:
+//!
+//! - **All or nothing, atomically.** The checks and the writes happen as
+//!   one step: no other write, from any connection or process, lands
+//!   between the checks and the writes. If a check fails, nothing is
+//!   applied and the error is [`ErrorKind::Conflict`](crate::ErrorKind::Conflict)
+//!   with the key and the index of a failing check: "someone else wrote
+//!   first", told apart from every other failure.
+//! - **Versions identify writes and grow** (see [`Version`]): every write
+//!   of a key, conditional or not, leaves a new version, larger than the
+//!   key's previous one; a key deleted and written again never gets back
+//!   a version it had.
+//! - **Other errors still mean "not known"**: a conditional write that
+//!   fails with a timeout may have been applied. Read again before
+//!   deciding; the checks make a blind retry safe (it conflicts with its
+//!   own earlier success rather than apply twice).
+//!
+//! [`MemoryStore`], [`SqliteStore`] and [`PostgresStore`] implement them
+//! natively (SQLite in its write transaction, which serialises every
+//! process on the file; PostgreSQL in one round trip, with row locks and
+//! no table lock). Layers forward them where they can: a sharded store to
+//! the key's shard, a replica set to its primary, a cache to its store
+//! (dropping the written keys). A layer that cannot know the outcome
+//! when it answers, as [`WriteBehind`](crate::cache::WriteBehind) cannot,
+//! refuses with [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported),
+//! and so does the default implementation a backend gets if it does not
+//! override the two methods.
+//!
 //! The conformance suite in `scalekit::testing` (feature `testing`) checks
 //! these promises; run it on your own backend.
 //!
@@ -103,6 +146,7 @@
 //! }
 //! ```
 
+mod condition;
 mod dyn_store;
 mod memory;
 #[cfg(feature = "postgres")]
@@ -114,6 +158,8 @@ mod sql;
 mod sqlite;
 mod write;
 
+pub(crate) use condition::conflict;
+pub use condition::{Check, Version, Versioned};
 pub use dyn_store::DynStore;
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
@@ -134,7 +180,7 @@ use crate::{Position, Result};
 /// and implements. Read the [module docs](self) for the contract.
 pub trait Store: Debug + Send + Sync + 'static {
     /// The key type.
-    type Key: Clone + Eq + Hash + Send + Sync + 'static;
+    type Key: Clone + Eq + Hash + Debug + Send + Sync + 'static;
     /// The value type.
     type Value: Clone + Send + Sync + 'static;
 
@@ -190,6 +236,38 @@ pub trait Store: Debug + Send + Sync + 'static {
         }
     }
 
+    /// Reads one key with the [`Version`] of the write that stored it, for
+    /// a later [`Check::Version`]. The default refuses with
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported); see
+    /// [conditional writes](self#conditional-writes).
+    fn get_versioned(
+        &self,
+        key: &Self::Key,
+    ) -> impl Future<Output = Result<Option<Versioned<Self::Value>>>> + Send {
+        let _ = key;
+        async move { Err(not_conditional(self)) }
+    }
+
+    /// Applies `batch` (as [`write_batch`](Store::write_batch) does, in
+    /// order and atomically) only if every check in `checks` holds, checks
+    /// and writes in one atomic step. Resolves to the position after the
+    /// batch.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) when a check
+    /// fails (nothing was applied); the store's other errors, which as
+    /// always mean the outcome is not known. The default refuses with
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported).
+    fn write_if(
+        &self,
+        checks: Vec<Check<Self::Key>>,
+        batch: Vec<Write<Self::Key, Self::Value>>,
+    ) -> impl Future<Output = Result<Position>> + Send {
+        let _ = (checks, batch);
+        async move { Err(not_conditional(self)) }
+    }
+
     /// Puts this store behind an `Arc<dyn DynStore>`, erasing its type.
     /// The result is itself a [`Store`].
     fn into_dyn(self) -> Arc<dyn DynStore<Key = Self::Key, Value = Self::Value>>
@@ -198,6 +276,21 @@ pub trait Store: Debug + Send + Sync + 'static {
     {
         Arc::new(self)
     }
+}
+
+/// The refusal of a store without conditional writes.
+fn not_conditional<S: Debug + ?Sized>(store: &S) -> crate::Error {
+    let name = format!("{store:?}");
+    let name = name
+        .split([' ', '{', '(', '<'])
+        .next()
+        .unwrap_or("store")
+        .to_string();
+    crate::Error::unsupported(
+        "Store",
+        "conditional writes",
+        format!("{name} does not implement get_versioned and write_if"),
+    )
 }
 
 /// A shared store is a store: layers and tasks can hold the same backend.
@@ -233,5 +326,20 @@ impl<S: Store> Store for Arc<S> {
         batch: Vec<Write<Self::Key, Self::Value>>,
     ) -> impl Future<Output = Result<Position>> + Send {
         S::write_batch(self, batch)
+    }
+
+    fn get_versioned(
+        &self,
+        key: &Self::Key,
+    ) -> impl Future<Output = Result<Option<Versioned<Self::Value>>>> + Send {
+        S::get_versioned(self, key)
+    }
+
+    fn write_if(
+        &self,
+        checks: Vec<Check<Self::Key>>,
+        batch: Vec<Write<Self::Key, Self::Value>>,
+    ) -> impl Future<Output = Result<Position>> + Send {
+        S::write_if(self, checks, batch)
     }
 }

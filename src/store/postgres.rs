@@ -14,7 +14,7 @@ use tokio_postgres::types::PgLsn;
 use tokio_postgres::NoTls;
 
 use super::sql::{self, EncodedBatch};
-use super::{Store, Write};
+use super::{conflict, Check, Store, Versioned, Write};
 use crate::codec::Codec;
 use crate::{Error, ErrorKind, Position, Result};
 
@@ -24,6 +24,7 @@ const COMPONENT: &str = "PostgresStore";
 #[derive(Debug)]
 struct Statements {
     get: String,
+    get_versioned: String,
     get_many: String,
     put: String,
     delete: String,
@@ -33,16 +34,21 @@ struct Statements {
 
 impl Statements {
     fn new(table: &str) -> Self {
+        // A version is drawn again in the update branch, which runs with
+        // the row locked: a key's versions grow in the order its writes
+        // commit.
         let upsert = format!(
-            "INSERT INTO \"{table}\" (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
-             ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v"
+            "INSERT INTO \"{table}\" (k, v, ver) \
+             SELECT u.k, u.v, nextval('{VERSIONS}') FROM unnest($1::bytea[], $2::bytea[]) AS u(k, v) \
+             ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v, ver = nextval('{VERSIONS}')"
         );
         Statements {
             get: format!("SELECT v FROM \"{table}\" WHERE k = $1"),
+            get_versioned: format!("SELECT v, ver FROM \"{table}\" WHERE k = $1"),
             get_many: format!("SELECT k, v FROM \"{table}\" WHERE k = ANY($1)"),
             put: format!(
-                "INSERT INTO \"{table}\" (k, v) VALUES ($1, $2) \
-                 ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v"
+                "INSERT INTO \"{table}\" (k, v, ver) VALUES ($1, $2, nextval('{VERSIONS}')) \
+                 ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v, ver = nextval('{VERSIONS}')"
             ),
             delete: format!("DELETE FROM \"{table}\" WHERE k = $1"),
             // One statement is one transaction: the deletes and the upserts
@@ -52,6 +58,61 @@ impl Statements {
         }
     }
 }
+
+/// The sequence every table's versions are drawn from.
+const VERSIONS: &str = "scalekit_versions";
+
+/// The SQLSTATE the conditional write raises for a failed check (its
+/// message is the check's index, its detail the version found or empty).
+const CONFLICT_STATE: &str = "SK409";
+
+/// The conditional write, as one function call: one statement, so one
+/// round trip and one transaction. Each checked row is locked
+/// (`FOR UPDATE`, in key order, so two writers never deadlock on their
+/// checks) and its latest committed version compared; an absent key is
+/// held by a placeholder row (version -1) until the commit, so no one can
+/// insert it meanwhile; then the deletes and upserts, then the unused
+/// placeholders go. Every statement inside reads a fresh snapshot (READ
+/// COMMITTED), so what is checked is what is committed, not what the
+/// transaction saw when it began.
+const WRITE_IF_FUNCTION: &str = r#"
+CREATE OR REPLACE FUNCTION scalekit_write_if(tbl text, ck bytea[], cv int8[], pk bytea[], pv bytea[], dk bytea[])
+RETURNS void LANGUAGE plpgsql AS $fn$
+DECLARE
+  i int;
+  n int;
+  found_ver int8;
+  placeholders bytea[] := '{}';
+BEGIN
+  FOR i IN SELECT u.ord FROM unnest(ck) WITH ORDINALITY AS u(k, ord) ORDER BY u.k LOOP
+    EXECUTE format('SELECT ver FROM %I WHERE k = $1 FOR UPDATE', tbl) INTO found_ver USING ck[i];
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n = 0 THEN
+      IF cv[i] IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'SK409', MESSAGE = (i - 1)::text, DETAIL = '';
+      END IF;
+      EXECUTE format('INSERT INTO %I (k, v, ver) VALUES ($1, ''\x'', -1) ON CONFLICT (k) DO NOTHING', tbl) USING ck[i];
+      GET DIAGNOSTICS n = ROW_COUNT;
+      IF n = 0 THEN
+        EXECUTE format('SELECT ver FROM %I WHERE k = $1', tbl) INTO found_ver USING ck[i];
+        RAISE EXCEPTION USING ERRCODE = 'SK409', MESSAGE = (i - 1)::text, DETAIL = coalesce(found_ver::text, '');
+      END IF;
+      placeholders := placeholders || ck[i];
+    ELSIF cv[i] IS NULL OR found_ver <> cv[i] THEN
+      RAISE EXCEPTION USING ERRCODE = 'SK409', MESSAGE = (i - 1)::text, DETAIL = found_ver::text;
+    END IF;
+  END LOOP;
+  IF array_length(dk, 1) > 0 THEN
+    EXECUTE format('DELETE FROM %I WHERE k = ANY($1)', tbl) USING dk;
+  END IF;
+  IF array_length(pk, 1) > 0 THEN
+    EXECUTE format('INSERT INTO %I (k, v, ver) SELECT u.k, u.v, nextval(''scalekit_versions'') FROM unnest($1::bytea[], $2::bytea[]) AS u(k, v) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v, ver = nextval(''scalekit_versions'')', tbl) USING pk, pv;
+  END IF;
+  IF array_length(placeholders, 1) > 0 THEN
+    EXECUTE format('DELETE FROM %I WHERE k = ANY($1) AND ver = -1', tbl) USING placeholders;
+  END IF;
+END
+$fn$"#;
 
 /// The position after a commit: the WAL insert position, read on the same
 /// connection right after the write (pipelined, so it costs no extra round
@@ -106,6 +167,18 @@ impl<K, V> fmt::Debug for PostgresStore<K, V> {
 
 fn backend(operation: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
     move |source| {
+        if let Some(db) = source
+            .as_db_error()
+            .filter(|db| db.code().code() == CONFLICT_STATE)
+        {
+            // The store names the key (it knows the key type).
+            let check = db.message().parse().unwrap_or(0);
+            let found = db
+                .detail()
+                .and_then(|detail| detail.parse().ok())
+                .map(crate::Version::new);
+            return Error::conflict(String::new(), check, found);
+        }
         if source.is_closed() {
             ErrorKind::Unavailable {
                 component: COMPONENT,
@@ -237,7 +310,7 @@ fn pool_error(error: PoolError) -> Error {
 
 impl<K, V> Store for PostgresStore<K, V>
 where
-    K: Codec + Clone + Eq + Hash,
+    K: Codec + Clone + Eq + Hash + std::fmt::Debug,
     V: Codec + Clone,
 {
     type Key = K;
@@ -284,11 +357,49 @@ where
         )
         .await
     }
+
+    async fn get_versioned(&self, key: &K) -> Result<Option<Versioned<V>>> {
+        self.bounded("get_versioned", self.get_versioned_unbounded(key))
+            .await
+    }
+
+    /// One call of the conditional-write function: one round trip, row
+    /// locks on the checked keys, no table lock.
+    async fn write_if(&self, checks: Vec<Check<K>>, batch: Vec<Write<K, V>>) -> Result<Position> {
+        let encoded = EncodedBatch::checked(&checks, batch)?;
+        let (check_keys, check_versions): (Vec<Vec<u8>>, Vec<Option<i64>>) = encoded
+            .checks
+            .into_iter()
+            .map(|(key, version)| (key, version.map(|v| v as i64)))
+            .unzip();
+        let table = self.table.as_str();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+            &table,
+            &check_keys,
+            &check_versions,
+            &encoded.put_keys,
+            &encoded.put_values,
+            &encoded.delete_keys,
+        ];
+        self.bounded(
+            "write_if",
+            self.write(
+                "write_if",
+                "SELECT scalekit_write_if($1, $2, $3, $4, $5, $6)",
+                &params,
+            ),
+        )
+        .await
+        .map_err(|error| match error.kind() {
+            ErrorKind::Conflict { check, found, .. } => conflict(&checks, *check, *found),
+            _ => error,
+        })
+    }
 }
 
 impl<K, V> PostgresStore<K, V>
 where
-    K: Codec + Clone + Eq + Hash,
+    K: Codec + Clone + Eq + Hash + std::fmt::Debug,
     V: Codec + Clone,
 {
     async fn get_unbounded(&self, key: &K) -> Result<Option<V>> {
@@ -305,6 +416,28 @@ where
         row.map(|row| {
             let bytes: &[u8] = row.try_get(0).map_err(backend("get"))?;
             sql::decode("value", bytes)
+        })
+        .transpose()
+    }
+
+    async fn get_versioned_unbounded(&self, key: &K) -> Result<Option<Versioned<V>>> {
+        let key = sql::encode("key", key)?;
+        let client = self.connection().await?;
+        let statement = client
+            .prepare_cached(&self.statements.get_versioned)
+            .await
+            .map_err(backend("get_versioned"))?;
+        let row = client
+            .query_opt(&statement, &[&key])
+            .await
+            .map_err(backend("get_versioned"))?;
+        row.map(|row| {
+            let bytes: &[u8] = row.try_get(0).map_err(backend("get_versioned"))?;
+            let version: i64 = row.try_get(1).map_err(backend("get_versioned"))?;
+            Ok(Versioned {
+                value: sql::decode("value", bytes)?,
+                version: crate::Version::new(version as u64),
+            })
         })
         .transpose()
     }
@@ -465,10 +598,19 @@ impl<K, V> PostgresStoreBuilder<K, V> {
 
         if self.create_table {
             let client = pool.get().await.map_err(pool_error)?;
+            // Several processes may start at once, and `IF NOT EXISTS`
+            // races (a unique violation on the catalog): one transaction
+            // under an advisory lock makes the schema set-up one at a time.
             client
                 .batch_execute(&format!(
-                    "CREATE TABLE IF NOT EXISTS \"{}\" (k bytea PRIMARY KEY, v bytea NOT NULL)",
-                    self.table
+                    "BEGIN;
+                     SELECT pg_advisory_xact_lock(7363957);
+                     CREATE TABLE IF NOT EXISTS \"{table}\" (k bytea PRIMARY KEY, v bytea NOT NULL, ver bigint NOT NULL DEFAULT 0);
+                     ALTER TABLE \"{table}\" ADD COLUMN IF NOT EXISTS ver bigint NOT NULL DEFAULT 0;
+                     CREATE SEQUENCE IF NOT EXISTS {VERSIONS};
+                     {WRITE_IF_FUNCTION};
+                     COMMIT;",
+                    table = self.table
                 ))
                 .await
                 .map_err(backend("create table"))?;
@@ -494,7 +636,7 @@ const APPLIED_POSITION_SQL: &str = "SELECT CASE WHEN pg_is_in_recovery() \
 
 impl<K, V> crate::replica::Positioned for PostgresStore<K, V>
 where
-    K: Codec + Clone + Eq + Hash,
+    K: Codec + Clone + Eq + Hash + std::fmt::Debug,
     V: Codec + Clone,
 {
     async fn applied_position(&self) -> Result<Position> {
@@ -523,7 +665,7 @@ impl<K, V> PostgresStore<K, V> {
 /// Every row of the table (for moving data between stores).
 impl<K, V> crate::store::Scan for PostgresStore<K, V>
 where
-    K: Codec + Clone + Eq + Hash,
+    K: Codec + Clone + Eq + Hash + std::fmt::Debug,
     V: Codec + Clone,
 {
     /// Within the call timeout, like every call: raise it for tables too
@@ -535,7 +677,7 @@ where
 
 impl<K, V> PostgresStore<K, V>
 where
-    K: Codec + Clone + Eq + Hash,
+    K: Codec + Clone + Eq + Hash + std::fmt::Debug,
     V: Codec + Clone,
 {
     async fn entries_unbounded(&self) -> Result<Vec<(K, V)>> {

@@ -18,7 +18,7 @@ pub trait Scan: Store {
 
 impl<K, V> Scan for MemoryStore<K, V>
 where
-    K: Clone + Eq + Hash + Send + Sync + 'static,
+    K: Clone + Eq + Hash + std::fmt::Debug + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
     async fn entries(&self) -> Result<Vec<(K, V)>> {

@@ -67,6 +67,9 @@ pub(crate) struct EncodedBatch {
     pub(crate) put_keys: Vec<Vec<u8>>,
     pub(crate) put_values: Vec<Vec<u8>>,
     pub(crate) delete_keys: Vec<Vec<u8>>,
+    /// The checks of a conditional write: a key, and the version it must
+    /// have (`None`: absent), in the caller's order.
+    pub(crate) checks: Vec<(Vec<u8>, Option<u64>)>,
 }
 
 impl EncodedBatch {
@@ -95,6 +98,25 @@ impl EncodedBatch {
         Ok(out)
     }
 
+    /// A conditional batch: `batch` applied only if `checks` hold.
+    pub(crate) fn checked<K: Codec, V: Codec>(
+        checks: &[crate::store::Check<K>],
+        batch: Vec<Write<K, V>>,
+    ) -> Result<Self> {
+        let mut out = Self::new(batch)?;
+        out.checks = checks
+            .iter()
+            .map(|check| {
+                Ok((
+                    encode("key", check.key())?,
+                    check.expected().map(crate::Version::get),
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(out)
+    }
+
+    /// Whether it writes nothing (it may still check).
     pub(crate) fn is_empty(&self) -> bool {
         self.put_keys.is_empty() && self.delete_keys.is_empty()
     }

@@ -9,8 +9,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::Sample;
-use crate::store::{Store, Write};
-use crate::Position;
+use crate::store::{Check, Store, Write};
+use crate::{ErrorKind, Position};
 
 /// Each check's key range starts at its own multiple of this.
 const RANGE: u64 = 1_000_000;
@@ -45,7 +45,352 @@ where
     positions_grow(&*store).await;
     large_values(&*store).await;
     concurrent_writers_on_distinct_keys(Arc::clone(&store)).await;
-    concurrent_writers_on_shared_keys(store).await;
+    concurrent_writers_on_shared_keys(Arc::clone(&store)).await;
+    if supports_conditional_writes(&*store).await {
+        conditional_writes(&*store).await;
+        versions_identify_writes(&*store).await;
+        compare_and_set_increments_race(store).await;
+    }
+}
+
+/// Whether the store does conditional writes. A store that does not must
+/// refuse both [`get_versioned`](Store::get_versioned) and
+/// [`write_if`](Store::write_if) with a typed
+/// [`ErrorKind::Unsupported`], never half-implement them; this checks that
+/// too.
+pub async fn supports_conditional_writes<S>(store: &S) -> bool
+where
+    S: Store,
+    S::Key: Sample,
+    S::Value: Sample,
+{
+    let k = key::<S>(11, 0);
+    match store.get_versioned(&k).await {
+        Ok(_) => true,
+        Err(error) => {
+            assert!(
+                matches!(error.kind(), ErrorKind::Unsupported { .. }),
+                "get_versioned failed other than as unsupported: {error}"
+            );
+            let write = store
+                .write_if(
+                    vec![Check::Absent(k.clone())],
+                    vec![Write::Put(k.clone(), value::<S>(1))],
+                )
+                .await;
+            assert!(
+                matches!(
+                    write.as_ref().map_err(|e| e.kind()),
+                    Err(ErrorKind::Unsupported { .. })
+                ),
+                "a store without versions must refuse write_if as unsupported, got {write:?}"
+            );
+            assert_eq!(
+                store.get(&k).await.expect("get"),
+                None,
+                "a refused write_if wrote"
+            );
+            false
+        }
+    }
+}
+
+/// Whether a conditional write over several keys was refused whole as
+/// unsupported (a layer over several stores may do that).
+fn refused_as_unsupported(result: &crate::Result<Position>) -> bool {
+    matches!(
+        result.as_ref().map_err(|e| e.kind()),
+        Err(ErrorKind::Unsupported { .. })
+    )
+}
+
+fn assert_conflict(result: crate::Result<Position>, check: usize, what: &str) {
+    match result {
+        Err(error) => match error.kind() {
+            ErrorKind::Conflict { check: failed, .. } => {
+                assert_eq!(
+                    *failed, check,
+                    "{what}: the conflict names the failing check"
+                )
+            }
+            _ => panic!("{what}: expected a conflict, got {error}"),
+        },
+        Ok(_) => panic!("{what}: expected a conflict, the write was applied"),
+    }
+}
+
+/// Insert-if-absent, compare-and-set and checks on keys not written: each
+/// holds or fails with a conflict that applies nothing.
+pub async fn conditional_writes<S>(store: &S)
+where
+    S: Store,
+    S::Key: Sample,
+    S::Value: Sample,
+{
+    let (a, b, fence) = (key::<S>(12, 0), key::<S>(12, 1), key::<S>(12, 2));
+    // Insert if absent: once.
+    store
+        .write_if(
+            vec![Check::Absent(a.clone())],
+            vec![Write::Put(a.clone(), value::<S>(1))],
+        )
+        .await
+        .expect("insert if absent");
+    let first = store
+        .get_versioned(&a)
+        .await
+        .expect("get_versioned")
+        .expect("inserted");
+    assert_eq!(first.value, value::<S>(1));
+    assert_conflict(
+        store
+            .write_if(
+                vec![Check::Absent(a.clone())],
+                vec![Write::Put(a.clone(), value::<S>(2))],
+            )
+            .await,
+        0,
+        "a second insert if absent",
+    );
+    assert_eq!(
+        store.get(&a).await.expect("get"),
+        Some(value::<S>(1)),
+        "the loser wrote nothing"
+    );
+    // Compare and set: with the version read, then not with it again.
+    store
+        .write_if(
+            vec![Check::Version(a.clone(), first.version)],
+            vec![Write::Put(a.clone(), value::<S>(3))],
+        )
+        .await
+        .expect("compare and set with the version read");
+    let second = store
+        .get_versioned(&a)
+        .await
+        .expect("get_versioned")
+        .expect("present");
+    assert_eq!(second.value, value::<S>(3));
+    assert!(
+        second.version > first.version,
+        "a write leaves a larger version"
+    );
+    assert_conflict(
+        store
+            .write_if(
+                vec![Check::Version(a.clone(), first.version)],
+                vec![Write::Put(a.clone(), value::<S>(4))],
+            )
+            .await,
+        0,
+        "compare and set with a stale version",
+    );
+    assert_conflict(
+        store
+            .write_if(
+                vec![Check::Version(b.clone(), first.version)],
+                vec![Write::Put(b.clone(), value::<S>(4))],
+            )
+            .await,
+        0,
+        "a version check on an absent key",
+    );
+    // A failed check among several applies none of the batch. (A layer
+    // over several stores, a sharded one, may refuse keys on two of its
+    // stores as unsupported, and then must apply nothing either.)
+    let two_checks = store
+        .write_if(
+            vec![
+                Check::Absent(b.clone()),
+                Check::Version(a.clone(), first.version),
+            ],
+            vec![
+                Write::Put(b.clone(), value::<S>(5)),
+                Write::Delete(a.clone()),
+            ],
+        )
+        .await;
+    if !refused_as_unsupported(&two_checks) {
+        assert_conflict(two_checks, 1, "the second of two checks");
+    }
+    assert_eq!(
+        store.get(&b).await.expect("get"),
+        None,
+        "nothing of a failed batch is applied"
+    );
+    assert_eq!(store.get(&a).await.expect("get"), Some(value::<S>(3)));
+    // A fence: a check on a key the batch does not write.
+    store
+        .put(fence.clone(), value::<S>(9))
+        .await
+        .expect("put fence");
+    let held = store
+        .get_versioned(&fence)
+        .await
+        .expect("get")
+        .expect("fence");
+    let fenced = store
+        .write_if(
+            vec![Check::Version(fence.clone(), held.version)],
+            vec![Write::Put(b.clone(), value::<S>(6))],
+        )
+        .await;
+    if refused_as_unsupported(&fenced) {
+        assert_eq!(
+            store.get(&b).await.expect("get"),
+            None,
+            "a refused write applied"
+        );
+        for k in [a, b, fence] {
+            store.delete(&k).await.expect("clean up");
+        }
+        return;
+    }
+    fenced.expect("a write under a held fence");
+    assert_eq!(store.get(&b).await.expect("get"), Some(value::<S>(6)));
+    store
+        .put(fence.clone(), value::<S>(10))
+        .await
+        .expect("move the fence");
+    assert_conflict(
+        store
+            .write_if(
+                vec![Check::Version(fence.clone(), held.version)],
+                vec![Write::Put(b.clone(), value::<S>(7))],
+            )
+            .await,
+        0,
+        "a write under a fence that moved",
+    );
+    assert_eq!(store.get(&b).await.expect("get"), Some(value::<S>(6)));
+    // Checks alone, and an Absent check on a key not written.
+    store
+        .write_if(vec![Check::Absent(key::<S>(12, 3))], Vec::new())
+        .await
+        .expect("a check that holds, with nothing to write");
+    assert_eq!(
+        store.get(&key::<S>(12, 3)).await.expect("get"),
+        None,
+        "an absent check leaves the key absent"
+    );
+    for k in [a, b, fence] {
+        store.delete(&k).await.expect("clean up");
+    }
+}
+
+/// Every write of a key leaves a new version, a plain write too, and a key
+/// deleted and written again never gets back an old one (no ABA).
+pub async fn versions_identify_writes<S>(store: &S)
+where
+    S: Store,
+    S::Key: Sample,
+    S::Value: Sample,
+{
+    let k = key::<S>(13, 0);
+    let mut seen = Vec::new();
+    for round in 0..3 {
+        store.put(k.clone(), value::<S>(1)).await.expect("put");
+        let v1 = store
+            .get_versioned(&k)
+            .await
+            .expect("get")
+            .expect("present")
+            .version;
+        store
+            .put(k.clone(), value::<S>(1))
+            .await
+            .expect("put the same value");
+        let v2 = store
+            .get_versioned(&k)
+            .await
+            .expect("get")
+            .expect("present")
+            .version;
+        assert!(
+            v2 > v1,
+            "round {round}: rewriting the same value leaves a larger version"
+        );
+        store
+            .write_batch(vec![Write::Put(k.clone(), value::<S>(2))])
+            .await
+            .expect("batch");
+        let v3 = store
+            .get_versioned(&k)
+            .await
+            .expect("get")
+            .expect("present")
+            .version;
+        assert!(v3 > v2, "round {round}: a batch leaves a larger version");
+        seen.extend([v1, v2, v3]);
+        store.delete(&k).await.expect("delete");
+        assert!(store.get_versioned(&k).await.expect("get").is_none());
+    }
+    let distinct: HashSet<_> = seen.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        seen.len(),
+        "a version came back after a delete: {seen:?}"
+    );
+}
+
+/// Many tasks doing compare-and-set increments of one key end with exactly
+/// as many increments as succeeded, and every one succeeds in the end.
+pub async fn compare_and_set_increments_race<S>(store: Arc<S>)
+where
+    S: Store,
+    S::Key: Sample,
+    S::Value: Sample,
+{
+    const TASKS: u64 = 8;
+    const EACH: u64 = 12;
+    let k = key::<S>(14, 0);
+    let seed = |n: u64| value::<S>(14 * RANGE + n);
+    store
+        .put(k.clone(), seed(0))
+        .await
+        .expect("put the counter");
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            let k = k.clone();
+            tokio::spawn(async move {
+                let mut conflicts = 0u64;
+                for _ in 0..EACH {
+                    loop {
+                        let read = store
+                            .get_versioned(&k)
+                            .await
+                            .expect("get")
+                            .expect("counter");
+                        let n = (0..=TASKS * EACH)
+                            .find(|&n| seed(n) == read.value)
+                            .expect("the counter holds a value some increment wrote");
+                        match store
+                            .write_if(
+                                vec![Check::Version(k.clone(), read.version)],
+                                vec![Write::Put(k.clone(), seed(n + 1))],
+                            )
+                            .await
+                        {
+                            Ok(_) => break,
+                            Err(error) if error.is_conflict() => conflicts += 1,
+                            Err(error) => panic!("an increment failed: {error}"),
+                        }
+                    }
+                }
+                conflicts
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("increment task");
+    }
+    assert_eq!(
+        store.get(&k).await.expect("get"),
+        Some(seed(TASKS * EACH)),
+        "every successful compare-and-set is one increment, none lost"
+    );
+    store.delete(&k).await.expect("clean up");
 }
 
 /// A put is read back; a delete makes the key absent.

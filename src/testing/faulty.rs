@@ -27,21 +27,32 @@ pub enum Operation {
     GetMany,
     /// [`Store::write_batch`].
     WriteBatch,
+    /// [`Store::get_versioned`].
+    GetVersioned,
+    /// [`Store::write_if`].
+    WriteIf,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 5] = [
+    pub const ALL: [Operation; 7] = [
         Operation::Get,
         Operation::Put,
         Operation::Delete,
         Operation::GetMany,
         Operation::WriteBatch,
+        Operation::GetVersioned,
+        Operation::WriteIf,
     ];
     /// The operations that write.
-    pub const WRITES: [Operation; 3] = [Operation::Put, Operation::Delete, Operation::WriteBatch];
+    pub const WRITES: [Operation; 4] = [
+        Operation::Put,
+        Operation::Delete,
+        Operation::WriteBatch,
+        Operation::WriteIf,
+    ];
     /// The operations that read.
-    pub const READS: [Operation; 2] = [Operation::Get, Operation::GetMany];
+    pub const READS: [Operation; 3] = [Operation::Get, Operation::GetMany, Operation::GetVersioned];
 
     fn index(self) -> usize {
         self as usize
@@ -62,6 +73,10 @@ pub struct CallCounts {
     pub get_many: u64,
     /// `write_batch` calls.
     pub write_batch: u64,
+    /// `get_versioned` calls.
+    pub get_versioned: u64,
+    /// `write_if` calls.
+    pub write_if: u64,
     /// Calls failed by an injected fault.
     pub injected_faults: u64,
 }
@@ -69,7 +84,13 @@ pub struct CallCounts {
 impl CallCounts {
     /// All calls of every kind.
     pub fn total(&self) -> u64 {
-        self.get + self.put + self.delete + self.get_many + self.write_batch
+        self.get
+            + self.put
+            + self.delete
+            + self.get_many
+            + self.write_batch
+            + self.get_versioned
+            + self.write_if
     }
 }
 
@@ -121,12 +142,12 @@ pub struct FaultyStore<S> {
     fail_every: Option<u64>,
     probability: f64,
     rng: Mutex<SplitMix64>,
-    applies_to: [bool; 5],
+    applies_to: [bool; Operation::ALL.len()],
     fail_all: AtomicBool,
     /// While `true`, every call waits (a server that accepts and never
     /// answers).
     hanging: tokio::sync::watch::Sender<bool>,
-    counts: [AtomicU64; 5],
+    counts: [AtomicU64; Operation::ALL.len()],
     /// Calls seen by the faults, for `fail_every`.
     eligible_calls: AtomicU64,
     injected: AtomicU64,
@@ -191,7 +212,7 @@ impl<S> FaultyStore<S> {
             fail_every: None,
             probability: 0.0,
             rng: Mutex::new(SplitMix64(0)),
-            applies_to: [true; 5],
+            applies_to: [true; Operation::ALL.len()],
             fail_all: AtomicBool::new(false),
             hanging: tokio::sync::watch::Sender::new(false),
             counts: Default::default(),
@@ -260,6 +281,8 @@ impl<S> FaultyStore<S> {
             delete: count(Operation::Delete),
             get_many: count(Operation::GetMany),
             write_batch: count(Operation::WriteBatch),
+            get_versioned: count(Operation::GetVersioned),
+            write_if: count(Operation::WriteIf),
             injected_faults: self.injected.load(Ordering::Acquire),
         }
     }
@@ -372,6 +395,26 @@ impl<S: Store> Store for FaultyStore<S> {
         self.leave().await;
         answer
     }
+
+    async fn get_versioned(&self, key: &S::Key) -> Result<Option<crate::Versioned<S::Value>>> {
+        let _inside = self.occupy().await;
+        self.enter(Operation::GetVersioned).await?;
+        let answer = self.inner.get_versioned(key).await;
+        self.leave().await;
+        answer
+    }
+
+    async fn write_if(
+        &self,
+        checks: Vec<crate::Check<S::Key>>,
+        batch: Vec<Write<S::Key, S::Value>>,
+    ) -> Result<Position> {
+        let _inside = self.occupy().await;
+        self.enter(Operation::WriteIf).await?;
+        let answer = self.inner.write_if(checks, batch).await;
+        self.leave().await;
+        answer
+    }
 }
 
 /// Configures a [`FaultyStore`]; see [`FaultyStore::builder`].
@@ -480,7 +523,7 @@ impl<S> FaultyStoreBuilder<S> {
         store.fail_every = self.fail_every;
         store.probability = probability;
         store.rng = Mutex::new(SplitMix64(seed));
-        store.applies_to = [false; 5];
+        store.applies_to = [false; Operation::ALL.len()];
         for op in self.on {
             store.applies_to[op.index()] = true;
         }

@@ -501,4 +501,30 @@ impl<S: Store> Store for WriteBehind<S> {
         }
         self.buffer(batch).await
     }
+
+    /// Refused: a buffered write has no version yet (the store gives it
+    /// one when the flusher writes it).
+    async fn get_versioned(&self, _key: &S::Key) -> Result<Option<crate::Versioned<S::Value>>> {
+        Err(Error::unsupported(
+            "WriteBehind",
+            "get_versioned",
+            "buffered writes have no version until they are flushed; read versions from the store below",
+        ))
+    }
+
+    /// Refused: a write-behind layer acknowledges before the store has
+    /// seen the write, so it cannot know whether the checks hold. Put
+    /// conditional writes on the store below (and keep the keys they
+    /// touch out of this buffer).
+    async fn write_if(
+        &self,
+        _checks: Vec<crate::Check<S::Key>>,
+        _batch: Vec<Write<S::Key, S::Value>>,
+    ) -> Result<Position> {
+        Err(Error::unsupported(
+            "WriteBehind",
+            "write_if",
+            "a write-behind buffer acknowledges before the store decides, so it cannot tell a conflict; write conditionally to the store below",
+        ))
+    }
 }

@@ -390,4 +390,24 @@ where
         }
         Ok(position)
     }
+
+    async fn get_versioned(&self, key: &S::Key) -> Result<Option<crate::Versioned<S::Value>>> {
+        self.counted(self.shard_of(key), 1).get_versioned(key).await
+    }
+
+    /// Refused: while a bucket moves, its writes go to two shards, and a
+    /// check on one of them says nothing about the other. Write
+    /// conditionally to a [`Sharded`](crate::shard::Sharded) store, or to
+    /// a shard you own.
+    async fn write_if(
+        &self,
+        _checks: Vec<crate::Check<S::Key>>,
+        _batch: Vec<Write<S::Key, S::Value>>,
+    ) -> Result<Position> {
+        Err(crate::Error::unsupported(
+            "BucketSharded",
+            "write_if",
+            "a moving bucket is written on two shards, so one shard's check cannot guard the write",
+        ))
+    }
 }

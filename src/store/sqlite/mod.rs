@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use self::worker::{ConnectionConfig, Job, Location, Queues, Reply, Writer};
 use super::sql::{self, EncodedBatch};
-use super::{Store, Write};
+use super::{conflict, Check, Store, Versioned, Write};
 use crate::codec::Codec;
 use crate::{Error, Position, Result};
 
@@ -182,7 +182,7 @@ impl<K, V> SqliteStore<K, V> {
 
 impl<K, V> Store for SqliteStore<K, V>
 where
-    K: Codec + Clone + Eq + Hash,
+    K: Codec + Clone + Eq + Hash + std::fmt::Debug,
     V: Codec + Clone,
 {
     type Key = K;
@@ -217,13 +217,44 @@ where
     async fn write_batch(&self, batch: Vec<Write<K, V>>) -> Result<Position> {
         self.write(EncodedBatch::new(batch)?).await
     }
+
+    async fn get_versioned(&self, key: &K) -> Result<Option<Versioned<V>>> {
+        let key = sql::encode("key", key)?;
+        let row = self
+            .submit(&self.queues.readers, |reply| Job::ReadVersioned {
+                key,
+                reply,
+            })
+            .await?;
+        row.map(|(bytes, version)| {
+            Ok(Versioned {
+                value: sql::decode("value", &bytes)?,
+                version: crate::Version::new(version),
+            })
+        })
+        .transpose()
+    }
+
+    /// Checks and writes in the writer's transaction (`BEGIN IMMEDIATE`,
+    /// which also serialises every other process writing the file).
+    async fn write_if(&self, checks: Vec<Check<K>>, batch: Vec<Write<K, V>>) -> Result<Position> {
+        let encoded = EncodedBatch::checked(&checks, batch)?;
+        self.write(encoded)
+            .await
+            .map_err(|error| match error.kind() {
+                crate::ErrorKind::Conflict { check, found, .. } => {
+                    conflict(&checks, *check, *found)
+                }
+                _ => error,
+            })
+    }
 }
 
 /// Every row of the table (for moving data between stores), read on a
 /// reader connection.
 impl<K, V> crate::store::Scan for SqliteStore<K, V>
 where
-    K: Codec + Clone + Eq + Hash,
+    K: Codec + Clone + Eq + Hash + std::fmt::Debug,
     V: Codec + Clone,
 {
     async fn entries(&self) -> Result<Vec<(K, V)>> {

@@ -31,6 +31,11 @@ pub(super) enum Job {
         keys: Vec<Vec<u8>>,
         reply: Reply<Vec<Option<Vec<u8>>>>,
     },
+    /// One key with its version.
+    ReadVersioned {
+        key: Vec<u8>,
+        reply: Reply<Option<(Vec<u8>, u64)>>,
+    },
     Write {
         batch: EncodedBatch,
         reply: Reply<Position>,
@@ -75,6 +80,8 @@ fn backend(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
 
 struct Statements {
     get: String,
+    get_versioned: String,
+    version: String,
     put: String,
     delete: String,
     scan: String,
@@ -84,9 +91,11 @@ impl Statements {
     fn new(table: &str) -> Self {
         Statements {
             get: format!("SELECT v FROM \"{table}\" WHERE k = ?1"),
+            get_versioned: format!("SELECT v, ver FROM \"{table}\" WHERE k = ?1"),
+            version: format!("SELECT ver FROM \"{table}\" WHERE k = ?1"),
             put: format!(
-                "INSERT INTO \"{table}\" (k, v) VALUES (?1, ?2) \
-                 ON CONFLICT(k) DO UPDATE SET v = excluded.v"
+                "INSERT INTO \"{table}\" (k, v, ver) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(k) DO UPDATE SET v = excluded.v, ver = excluded.ver"
             ),
             delete: format!("DELETE FROM \"{table}\" WHERE k = ?1"),
             scan: format!("SELECT k, v FROM \"{table}\""),
@@ -135,12 +144,13 @@ pub(super) fn open_writer(config: &ConnectionConfig) -> Result<(Connection, Posi
     }
     conn.execute_batch(&format!(
         "PRAGMA synchronous = {sync};
-         CREATE TABLE IF NOT EXISTS \"{table}\" (k BLOB PRIMARY KEY NOT NULL, v BLOB NOT NULL) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS \"{table}\" (k BLOB PRIMARY KEY NOT NULL, v BLOB NOT NULL, ver INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS scalekit_positions (name TEXT PRIMARY KEY NOT NULL, position INTEGER NOT NULL);",
         sync = config.synchronous,
         table = config.table,
     ))
     .map_err(backend("open"))?;
+    add_version_column(&conn, &config.table)?;
     let position: Option<i64> = conn
         .query_row(
             "SELECT position FROM scalekit_positions WHERE name = ?1",
@@ -150,6 +160,26 @@ pub(super) fn open_writer(config: &ConnectionConfig) -> Result<(Connection, Posi
         .optional()
         .map_err(backend("open"))?;
     Ok((conn, Position::new(position.unwrap_or(0) as u64)))
+}
+
+/// Gives a table made before versions existed its `ver` column (its rows
+/// get version 0, older than any write since).
+fn add_version_column(conn: &Connection, table: &str) -> Result<()> {
+    let has_version: bool = conn
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info(?1) WHERE name = 'ver'",
+            [table],
+            |row| row.get::<_, i64>(0),
+        )
+        .map_err(backend("open"))?
+        > 0;
+    if !has_version {
+        conn.execute_batch(&format!(
+            "ALTER TABLE \"{table}\" ADD COLUMN ver INTEGER NOT NULL DEFAULT 0"
+        ))
+        .map_err(backend("open"))?;
+    }
+    Ok(())
 }
 
 /// Opens a connection for reads only.
@@ -208,6 +238,22 @@ fn read(
     Ok(values)
 }
 
+/// One key with its version.
+fn read_versioned(
+    conn: &Connection,
+    statements: &Statements,
+    key: &[u8],
+) -> Result<Option<(Vec<u8>, u64)>> {
+    let mut stmt = conn
+        .prepare_cached(&statements.get_versioned)
+        .map_err(backend("get_versioned"))?;
+    stmt.query_row([key], |row| {
+        Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, i64>(1)? as u64))
+    })
+    .optional()
+    .map_err(backend("get_versioned"))
+}
+
 /// A stored value that is neither a blob nor text.
 #[derive(Debug)]
 struct NotBytes(String);
@@ -220,11 +266,47 @@ impl std::fmt::Display for NotBytes {
 
 impl std::error::Error for NotBytes {}
 
-fn apply(conn: &Connection, statements: &Statements, batch: &EncodedBatch) -> rusqlite::Result<()> {
+/// Checks a job's conditions, then applies its writes, stamping each put
+/// with `version` (the position the group commit will leave).
+fn check_and_apply(
+    conn: &Connection,
+    statements: &Statements,
+    batch: &EncodedBatch,
+    version: u64,
+) -> Result<()> {
+    if !batch.checks.is_empty() {
+        let mut read = conn
+            .prepare_cached(&statements.version)
+            .map_err(backend("write_if"))?;
+        for (index, (key, expected)) in batch.checks.iter().enumerate() {
+            let found: Option<u64> = read
+                .query_row([key], |row| row.get::<_, i64>(0))
+                .optional()
+                .map_err(backend("write_if"))?
+                .map(|raw| raw as u64);
+            if found != *expected {
+                // The store names the key (it knows its type).
+                return Err(Error::conflict(
+                    String::new(),
+                    index,
+                    found.map(crate::Version::new),
+                ));
+            }
+        }
+    }
+    apply(conn, statements, batch, version).map_err(backend("write_batch"))
+}
+
+fn apply(
+    conn: &Connection,
+    statements: &Statements,
+    batch: &EncodedBatch,
+    version: u64,
+) -> rusqlite::Result<()> {
     if !batch.put_keys.is_empty() {
         let mut put = conn.prepare_cached(&statements.put)?;
         for (key, value) in batch.put_keys.iter().zip(&batch.put_values) {
-            put.execute((key, value))?;
+            put.execute((key, value, version as i64))?;
         }
     }
     if !batch.delete_keys.is_empty() {
@@ -265,6 +347,9 @@ impl Writer {
                 match job {
                     Job::Write { batch, reply } => writes.push((batch, reply)),
                     Job::Read { keys, reply } => reads.push((keys, reply)),
+                    Job::ReadVersioned { key, reply } => {
+                        let _ = reply.send(read_versioned(&self.conn, &self.statements, &key));
+                    }
                     Job::Scan { reply } => {
                         let _ = reply.send(scan(&self.conn, &self.statements));
                     }
@@ -308,21 +393,44 @@ impl Writer {
                 return;
             }
         };
+        // The position this group leaves, read inside the write
+        // transaction: another process may have committed since this
+        // thread last did. Every put of the group is stamped with it.
+        let current: Result<i64> = tx
+            .query_row(
+                "SELECT position FROM scalekit_positions WHERE name = ?1",
+                [&self.table],
+                |row| row.get(0),
+            )
+            .optional()
+            .map(|found| found.unwrap_or(0))
+            .map_err(backend("write_batch"));
+        let next = match current {
+            Ok(current) => current as u64 + 1,
+            Err(error) => {
+                for (_, reply) in writes {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                return;
+            }
+        };
         let single = writes.len() == 1;
         for (batch, _) in &writes {
-            if batch.is_empty() {
+            if batch.is_empty() && batch.checks.is_empty() {
                 outcomes.push(Ok(()));
                 continue;
             }
             let outcome = if single {
-                apply(&tx, &self.statements, batch)
+                check_and_apply(&tx, &self.statements, batch, next)
             } else {
-                tx.savepoint().and_then(|sp| {
-                    apply(&sp, &self.statements, batch)?;
-                    sp.commit()
-                })
+                tx.savepoint()
+                    .map_err(backend("write_batch"))
+                    .and_then(|sp| {
+                        check_and_apply(&sp, &self.statements, batch, next)?;
+                        sp.commit().map_err(backend("write_batch"))
+                    })
             };
-            outcomes.push(outcome.map_err(backend("write_batch")));
+            outcomes.push(outcome);
         }
         if let (true, [Err(error)]) = (single, outcomes.as_slice()) {
             // Alone in its group, the batch ran without a savepoint: roll
@@ -342,17 +450,15 @@ impl Writer {
             .any(|((batch, _), outcome)| outcome.is_ok() && !batch.is_empty());
         let committed: Result<Position> = (|| {
             let position = if any_applied {
-                let raw: i64 = tx
-                    .query_row(
-                        "INSERT INTO scalekit_positions (name, position) VALUES (?1, 1) \
-                         ON CONFLICT(name) DO UPDATE SET position = position + 1 RETURNING position",
-                        [&self.table],
-                        |row| row.get(0),
-                    )
-                    .map_err(backend("write_batch"))?;
-                Position::new(raw as u64)
+                tx.execute(
+                    "INSERT INTO scalekit_positions (name, position) VALUES (?1, ?2) \
+                     ON CONFLICT(name) DO UPDATE SET position = excluded.position",
+                    (&self.table, next as i64),
+                )
+                .map_err(backend("write_batch"))?;
+                Position::new(next)
             } else {
-                self.position
+                Position::new(next - 1)
             };
             tx.commit().map_err(backend("write_batch"))?;
             Ok(position)
@@ -380,6 +486,9 @@ pub(super) fn run_reader(mut conn: Connection, table: &str, jobs: Receiver<Job>)
         match job {
             Job::Read { keys, reply } => {
                 let _ = reply.send(read(&mut conn, &statements, &keys));
+            }
+            Job::ReadVersioned { key, reply } => {
+                let _ = reply.send(read_versioned(&conn, &statements, &key));
             }
             Job::Scan { reply } => {
                 let _ = reply.send(scan(&conn, &statements));
