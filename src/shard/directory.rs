@@ -7,10 +7,13 @@ use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use super::strategy::Strategy;
-use crate::store::Store;
+use crate::store::{Check, Store, Write};
 use crate::{CodecDirection, Error, Result};
 
 const COMPONENT: &str = "shard directory";
+/// How many times in a row a change is re-applied over another process's
+/// before it fails with the conflict.
+const MAX_CONFLICTS: u32 = 32;
 
 /// What a directory entry matches.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -118,8 +121,15 @@ impl Table {
 /// A directory of key (or prefix) → shard, held in `S` under `name` so
 /// that it survives restarts and every process shares it. Routing reads a
 /// cached copy; [`refresh`](Directory::refresh) reloads it when the stored
-/// epoch moved (another process changed it). Changes are read-modify-write
-/// of the whole table: make them from one process at a time.
+/// epoch moved (another process changed it). A change is a
+/// compare-and-set of the whole table
+/// ([`Store::write_if`](crate::Store::write_if) on the version read), so
+/// any number of processes may assign at once: none loses another's
+/// update, every change gets its own epoch, and `refresh` sees each one.
+/// A process routes by the table it loaded last, so processes agree
+/// within one refresh of the last change: call `refresh` on a timer (the
+/// bound is its period) or when a shard answers that it does not own a
+/// key.
 pub struct Directory<S> {
     store: S,
     name: String,
@@ -215,7 +225,16 @@ impl<S: Store<Key = String, Value = Vec<u8>>> Directory<S> {
             }
             table.insert(entry, directory.check_shard(shard)?);
         }
-        directory.save(table).await?;
+        directory
+            .update(|stored| {
+                for (key, shard) in &table.keys {
+                    stored.insert(Entry::Key(key.clone()), *shard);
+                }
+                for (prefix, shard) in &table.prefixes {
+                    stored.insert(Entry::Prefix(prefix.clone()), *shard);
+                }
+            })
+            .await?;
         Ok(directory)
     }
 
@@ -234,10 +253,17 @@ impl<S: Store<Key = String, Value = Vec<u8>>> Directory<S> {
     }
 
     async fn load(&self) -> Result<Table> {
-        let table = match self.store.get(&self.table_key()).await? {
-            Some(bytes) => Table::decode(&bytes)?,
+        Ok(self.load_versioned().await?.0)
+    }
+
+    /// The stored table, with the check that it is still the stored one.
+    async fn load_versioned(&self) -> Result<(Table, Check<String>)> {
+        let read = self.store.get_versioned(&self.table_key()).await?;
+        let table = match &read {
+            Some(read) => Table::decode(&read.value)?,
             None => Table::default(),
         };
+        let unchanged = Check::unchanged(self.table_key(), read.as_ref());
         let out_of_range = table
             .keys
             .values()
@@ -252,33 +278,52 @@ impl<S: Store<Key = String, Value = Vec<u8>>> Directory<S> {
                 ),
             ));
         }
-        Ok(table)
+        Ok((table, unchanged))
     }
 
-    /// Writes `table` with the next epoch: the table first, then the
-    /// epoch readers check.
-    async fn save(&self, mut table: Table) -> Result<u64> {
-        table.epoch += 1;
-        self.store.put(self.table_key(), table.encode()).await?;
-        self.store
-            .put(self.epoch_key(), table.epoch.to_be_bytes().to_vec())
-            .await?;
-        let epoch = table.epoch;
-        *self.cache.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
-        Ok(epoch)
+    /// Applies `change` to the stored table and writes it with the next
+    /// epoch, if nobody wrote the table meanwhile: table and epoch in one
+    /// conditional batch. Another process's change in between is read
+    /// and `change` applied again on top of it.
+    async fn update(&self, change: impl Fn(&mut Table)) -> Result<u64> {
+        let mut conflicts = 0;
+        loop {
+            let (mut table, unchanged) = self.load_versioned().await?;
+            change(&mut table);
+            table.epoch += 1;
+            let batch = vec![
+                Write::Put(self.table_key(), table.encode()),
+                Write::Put(self.epoch_key(), table.epoch.to_be_bytes().to_vec()),
+            ];
+            match self.store.write_if(vec![unchanged], batch).await {
+                Ok(_) => {
+                    let epoch = table.epoch;
+                    *self.cache.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
+                    return Ok(epoch);
+                }
+                Err(error) if error.is_conflict() && conflicts < MAX_CONFLICTS => conflicts += 1,
+                Err(error) => return Err(error),
+            }
+        }
     }
 
-    /// Routes `entry` to `shard` from now on; returns the new epoch.
+    /// Routes `entry` to `shard` from now on; returns the new epoch,
+    /// unique to this change. Safe from any number of processes at once
+    /// (a compare-and-set, retried on top of the other change).
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a shard out of
-    /// range; the store's errors.
+    /// range; [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) if other
+    /// processes changed the table first 32 times in a row; the store's
+    /// errors ([`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)
+    /// over a store without conditional writes).
     pub async fn assign(&self, entry: Entry, shard: usize) -> Result<u64> {
         let shard = self.check_shard(shard)?;
-        let mut table = self.load().await?;
-        table.insert(entry, shard);
-        self.save(table).await
+        self.update(|table| {
+            table.insert(entry.clone(), shard);
+        })
+        .await
     }
 
     /// Reloads the table if another process changed it (its epoch moved);
@@ -386,6 +431,39 @@ mod tests {
         assert_eq!(other.shard(b"acme/us/bob", 0).unwrap(), 3);
         assert!(!other.refresh().await.unwrap(), "no change: no reload");
         assert!(other.shard(b"globex/x", 0).is_err(), "refused");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_assigns_from_two_directories_lose_no_update_and_get_unique_epochs() {
+        let store = Arc::new(MemoryStore::<String, Vec<u8>>::new());
+        let open = || Directory::open(Arc::clone(&store), "tenants", 4, Unknown::Refuse);
+        let (a, b) = (Arc::new(open().await.unwrap()), Arc::new(open().await.unwrap()));
+        let tasks: Vec<_> = (0..40u32)
+            .map(|n| {
+                let directory = Arc::clone(if n % 2 == 0 { &a } else { &b });
+                tokio::spawn(async move {
+                    let key = format!("tenant-{n}").into_bytes();
+                    directory.assign(Entry::Key(key), (n % 4) as usize).await.unwrap()
+                })
+            })
+            .collect();
+        let mut epochs = BTreeSet::new();
+        for task in tasks {
+            assert!(epochs.insert(task.await.unwrap()), "an epoch was handed out twice");
+        }
+        assert_eq!(epochs, (1..=40).collect(), "one epoch per change, none skipped");
+        for directory in [&a, &b] {
+            directory.refresh().await.unwrap();
+            assert_eq!(directory.epoch(), 40);
+            for n in 0..40u32 {
+                let key = format!("tenant-{n}");
+                assert_eq!(
+                    directory.shard(key.as_bytes(), 0).unwrap(),
+                    (n % 4) as usize,
+                    "the assign of {key} was lost"
+                );
+            }
+        }
     }
 
     #[tokio::test]
