@@ -103,6 +103,7 @@ pub mod cqrs;
 mod error;
 pub mod events;
 mod join;
+pub mod lease;
 pub mod position;
 pub mod replica;
 pub mod shard;

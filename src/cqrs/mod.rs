@@ -100,5 +100,8 @@ pub use self::middleware::{
     BoxedOutcome, Envelope, Failure, MessageKind, Middleware, Next, Outcome, Pipeline, Retry,
     Timing, Timings, Validate,
 };
-pub use self::projection::{DeadEvent, EventSource, Projection, ProjectionOptions, Stale};
+pub use self::projection::{
+    projection_lease, Checkpoints, DeadEvent, EventSource, Projection, ProjectionLease,
+    ProjectionOptions, Stale,
+};
 pub use self::query::{Query, QueryBus, QueryBusBuilder, QueryError, QueryHandler, Watermark};

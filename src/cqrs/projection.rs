@@ -18,6 +18,7 @@ use super::set_aside;
 pub use super::set_aside::DeadEvent;
 use crate::codec::Codec;
 use crate::events::HandlerError;
+use crate::lease::{Fenced, Lease};
 use crate::store::DynStore;
 use crate::{Error, Position, Result};
 
@@ -111,10 +112,31 @@ type Apply<R, E> = Arc<
         + Sync,
 >;
 
+/// The checkpoint store, as projections take it.
+pub type Checkpoints = Arc<dyn DynStore<Key = String, Value = Vec<u8>>>;
+
+/// The lease that makes a projection run in one process of many; see
+/// [`Projection::start_leased`]. Build it with [`projection_lease`].
+pub type ProjectionLease = Lease<Checkpoints>;
+
+/// The lease of projection `name` in its checkpoint store, lasting `ttl`
+/// past each renewal (the runner renews it every quarter of that). Take
+/// its [`fence`](Lease::fence) for the read model's writes
+/// ([`Fenced`]), then pass it to [`Projection::start_leased`].
+pub fn projection_lease(checkpoints: Checkpoints, name: &str, ttl: Duration) -> ProjectionLease {
+    Lease::new(checkpoints, format!("projection/{name}/lease"), ttl)
+}
+
 struct Inner<R, E> {
     name: String,
     source: Arc<dyn EventSource<E>>,
     checkpoints: Arc<dyn DynStore<Key = String, Value = Vec<u8>>>,
+    /// Where checkpoints and set-aside records are written: the checkpoint
+    /// store, fenced by the lease when there is one.
+    writes: Checkpoints,
+    lease: Option<ProjectionLease>,
+    /// When the lease was last acquired or renewed.
+    renewed: Mutex<Option<tokio::time::Instant>>,
     apply: Apply<R, E>,
     options: ProjectionOptions,
     read_model: RwLock<Arc<R>>,
@@ -234,29 +256,79 @@ where
         F: Fn(Recorded<E>, Arc<R>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<(), HandlerError>> + Send + 'static,
     {
+        Self::launch(name.into(), source, read_model, checkpoints, options, None, apply).await
+    }
+
+    /// [`start_with`](Self::start_with), run by one process of the many
+    /// that start it: the one holding `lease` (from
+    /// [`projection_lease`], over the same checkpoint store). The others
+    /// follow: they take the checkpoint from the store (so
+    /// [`position`](Self::position) and [`wait_for`](Self::wait_for) work
+    /// in every process, over a read model they share through a store)
+    /// and take over within the lease's time to live when the runner
+    /// dies. Each checkpoint and set-aside record is written under the
+    /// lease's fence, and so must the read model's writes be (a
+    /// [`Fenced`] store built from `lease.fence()` before this call): a
+    /// runner that stalled past its lease and wakes up cannot write
+    /// anything, it finds the conflict and goes back to following. A
+    /// batch must take less than the lease's time to live.
+    ///
+    /// # Errors
+    ///
+    /// As [`start_with`](Self::start_with).
+    pub async fn start_leased<F, Fut>(
+        name: impl Into<String>,
+        source: Arc<dyn EventSource<E>>,
+        read_model: R,
+        checkpoints: Checkpoints,
+        options: ProjectionOptions,
+        lease: ProjectionLease,
+        apply: F,
+    ) -> Result<Self>
+    where
+        F: Fn(Recorded<E>, Arc<R>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), HandlerError>> + Send + 'static,
+    {
+        Self::launch(
+            name.into(),
+            source,
+            read_model,
+            checkpoints,
+            options,
+            Some(lease),
+            apply,
+        )
+        .await
+    }
+
+    async fn launch<F, Fut>(
+        name: String,
+        source: Arc<dyn EventSource<E>>,
+        read_model: R,
+        checkpoints: Checkpoints,
+        options: ProjectionOptions,
+        lease: Option<ProjectionLease>,
+        apply: F,
+    ) -> Result<Self>
+    where
+        F: Fn(Recorded<E>, Arc<R>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), HandlerError>> + Send + 'static,
+    {
         options.check()?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::config(COMPONENT, "start projections inside a tokio runtime"))?;
-        let name = name.into();
-        let checkpoint = match checkpoints.dyn_get(&checkpoint_key(&name)).await? {
-            Some(bytes) => log::decode::<u64>("value", &bytes)?,
-            None => 0,
+        let checkpoint = stored_checkpoint(&checkpoints, &name).await?;
+        let dead = stored_dead(&*source, &checkpoints, &name).await?;
+        let writes: Checkpoints = match &lease {
+            Some(lease) => Arc::new(Fenced::new(Arc::clone(&checkpoints), lease.fence())),
+            None => Arc::clone(&checkpoints),
         };
-        let mut dead = Vec::new();
-        if let Some(bytes) = checkpoints.dyn_get(&set_aside::key(&name)).await? {
-            for entry in set_aside::decode(&bytes)? {
-                for event in source.read(entry.sequence, entry.sequence + 1).await? {
-                    dead.push(DeadEvent {
-                        event,
-                        error: Arc::new(HandlerError::from(entry.error.clone())),
-                        attempts: entry.attempts,
-                    });
-                }
-            }
-        }
         let inner = Arc::new(Inner {
             name,
             source,
+            writes,
+            lease,
+            renewed: Mutex::new(None),
             checkpoints,
             apply: Arc::new(move |event, model| Box::pin(apply(event, model))),
             options,
@@ -321,7 +393,7 @@ where
         }
         let replayed = waiting.len() - still.len();
         self.inner
-            .checkpoints
+            .writes
             .dyn_put(set_aside::key(&self.inner.name), set_aside::encode(&still))
             .await?;
         *self.inner.dead() = still;
@@ -396,6 +468,34 @@ fn checkpoint_key(name: &str) -> String {
     format!("projection/{name}/checkpoint")
 }
 
+async fn stored_checkpoint(checkpoints: &Checkpoints, name: &str) -> Result<u64> {
+    match checkpoints.dyn_get(&checkpoint_key(name)).await? {
+        Some(bytes) => log::decode::<u64>("value", &bytes),
+        None => Ok(0),
+    }
+}
+
+/// The events an earlier run set aside, read back from the log.
+async fn stored_dead<E: Send + Sync + 'static>(
+    source: &dyn EventSource<E>,
+    checkpoints: &Checkpoints,
+    name: &str,
+) -> Result<Vec<DeadEvent<E>>> {
+    let mut dead = Vec::new();
+    if let Some(bytes) = checkpoints.dyn_get(&set_aside::key(name)).await? {
+        for entry in set_aside::decode(&bytes)? {
+            for event in source.read(entry.sequence, entry.sequence + 1).await? {
+                dead.push(DeadEvent {
+                    event,
+                    error: Arc::new(HandlerError::from(entry.error.clone())),
+                    attempts: entry.attempts,
+                });
+            }
+        }
+    }
+    Ok(dead)
+}
+
 impl<R, E: Clone> Inner<R, E> {
     /// The live read model.
     fn model(&self) -> Arc<R> {
@@ -440,10 +540,69 @@ impl<R, E: Clone> Inner<R, E> {
                 ),
             ));
         }
-        self.checkpoints
+        self.writes
             .dyn_put(set_aside::key(&self.name), set_aside::encode(&all))
             .await?;
         *self.dead() = all;
+        Ok(())
+    }
+}
+
+impl<R, E: Clone + Send + Sync + 'static> Inner<R, E> {
+    /// Whether this process runs the projection now: always without a
+    /// lease; with one, after acquiring or renewing it when a quarter of
+    /// its time to live has passed. A process that has just taken the
+    /// lease over reads the checkpoint and the set-aside events from the
+    /// store first (the last runner moved them); one that does not hold
+    /// it follows the stored checkpoint.
+    async fn runs(&self) -> bool {
+        let Some(lease) = &self.lease else {
+            return true;
+        };
+        let last = *self.renewed.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|at| at.elapsed() < lease.ttl() / 4) && lease.epoch().is_some() {
+            return true;
+        }
+        let held_before = lease.epoch();
+        // Boxed as `Send` here, where the store type is known (rustc
+        // cannot prove it through the spawned task otherwise).
+        let acquire: std::pin::Pin<Box<dyn Future<Output = Result<bool>> + Send + '_>> =
+            Box::pin(lease.try_acquire());
+        let acquired = acquire.await;
+        match acquired {
+            Ok(true) => {
+                if held_before != lease.epoch() {
+                    if let Err(error) = self.resync().await {
+                        tracing::warn!(projection = %self.name, %error, "cannot read the checkpoint after taking the lease");
+                        return false;
+                    }
+                }
+                *self.renewed.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(tokio::time::Instant::now());
+                true
+            }
+            outcome => {
+                if let Err(error) = outcome {
+                    tracing::warn!(projection = %self.name, %error, "cannot take or renew the lease");
+                }
+                *self.renewed.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                if let Ok(stored) = stored_checkpoint(&self.checkpoints, &self.name).await {
+                    if stored > self.checkpoint.fetch_max(stored, Ordering::AcqRel) {
+                        self.advanced.notify_waiters();
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    /// Takes the checkpoint and the set-aside events from the store.
+    async fn resync(&self) -> Result<()> {
+        let checkpoint = stored_checkpoint(&self.checkpoints, &self.name).await?;
+        let dead = stored_dead(&*self.source, &self.checkpoints, &self.name).await?;
+        *self.dead() = dead;
+        self.checkpoint.store(checkpoint, Ordering::Release);
+        self.advanced.notify_waiters();
         Ok(())
     }
 }
@@ -503,6 +662,12 @@ async fn run<R: Send + Sync + 'static, E: Clone + Send + Sync + 'static>(
     };
     loop {
         let Some(inner) = inner.upgrade() else { return };
+        if !inner.runs().await {
+            let poll = inner.options.poll;
+            drop(inner);
+            tokio::time::sleep(poll).await;
+            continue;
+        }
         let checkpoint = inner.checkpoint.load(Ordering::Acquire);
         let target = match inner.source.position().await {
             Ok(position) => position.get(),
@@ -526,7 +691,7 @@ async fn run<R: Send + Sync + 'static, E: Clone + Send + Sync + 'static>(
             let failed = apply_range(&inner, &model, checkpoint, to).await?;
             inner.set_aside(failed).await?;
             inner
-                .checkpoints
+                .writes
                 .dyn_put(checkpoint_key(&inner.name), log::encode("value", &to)?)
                 .await
         }
