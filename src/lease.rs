@@ -138,7 +138,9 @@ impl Record {
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 /// A holder name unique to this process and lease value.
@@ -229,9 +231,15 @@ impl<S: Store<Key = String, Value = Vec<u8>>> Lease<S> {
                         .held()
                         .is_some_and(|held| held.version == *version);
                 if mine {
-                    (record.epoch, Check::Version(self.state.key.clone(), *version))
+                    (
+                        record.epoch,
+                        Check::Version(self.state.key.clone(), *version),
+                    )
                 } else if now >= record.expires_ms {
-                    (record.epoch + 1, Check::Version(self.state.key.clone(), *version))
+                    (
+                        record.epoch + 1,
+                        Check::Version(self.state.key.clone(), *version),
+                    )
                 } else {
                     self.state.set(None);
                     return Ok(false);
@@ -252,8 +260,11 @@ impl<S: Store<Key = String, Value = Vec<u8>>> Lease<S> {
         let Some(held) = self.state.held() else {
             return Ok(false);
         };
-        self.write_record(held.epoch, Check::Version(self.state.key.clone(), held.version))
-            .await
+        self.write_record(
+            held.epoch,
+            Check::Version(self.state.key.clone(), held.version),
+        )
+        .await
     }
 
     /// Gives the lease up (if still held), so another process can take it
@@ -288,7 +299,8 @@ impl<S: Store<Key = String, Value = Vec<u8>>> Lease<S> {
     /// Writes this holder's record under `check`, then reads its version
     /// back (the fence's check).
     async fn write_record(&self, epoch: u64, check: Check<String>) -> Result<bool> {
-        let expires_ms = now_ms().saturating_add(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX));
+        let expires_ms =
+            now_ms().saturating_add(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX));
         let record = Record {
             epoch,
             expires_ms,
@@ -296,7 +308,10 @@ impl<S: Store<Key = String, Value = Vec<u8>>> Lease<S> {
         };
         let written = self
             .store
-            .write_if(vec![check], vec![Write::Put(self.state.key.clone(), record.encode())])
+            .write_if(
+                vec![check],
+                vec![Write::Put(self.state.key.clone(), record.encode())],
+            )
             .await;
         match written {
             Ok(_) => {}
@@ -450,7 +465,10 @@ mod tests {
         let old_output = Fenced::new(Arc::clone(&store), old.fence());
         old_output.put("out".into(), b"old".to_vec()).await.unwrap();
         assert!(old.renew().await.unwrap(), "a live holder renews");
-        old_output.put("out".into(), b"old 2".to_vec()).await.unwrap();
+        old_output
+            .put("out".into(), b"old 2".to_vec())
+            .await
+            .unwrap();
 
         // The old holder stalls past its lease; the new one takes over.
         tokio::time::sleep(Duration::from_millis(70)).await;
@@ -460,7 +478,10 @@ mod tests {
         new_output.put("out".into(), b"new".to_vec()).await.unwrap();
 
         // The old holder wakes up with its old fence: every write fails.
-        let stale = old_output.put("out".into(), b"stale".to_vec()).await.unwrap_err();
+        let stale = old_output
+            .put("out".into(), b"stale".to_vec())
+            .await
+            .unwrap_err();
         assert!(stale.is_conflict(), "{stale}");
         assert!(old_output
             .write_batch(vec![Write::Put("other".into(), b"x".to_vec())])
@@ -468,8 +489,15 @@ mod tests {
             .unwrap_err()
             .is_conflict());
         assert!(!old.renew().await.unwrap(), "its renewal fails too");
-        assert!(old_output.put("out".into(), b"stale".to_vec()).await.unwrap_err().is_conflict());
-        assert_eq!(store.get(&"out".to_string()).await.unwrap(), Some(b"new".to_vec()));
+        assert!(old_output
+            .put("out".into(), b"stale".to_vec())
+            .await
+            .unwrap_err()
+            .is_conflict());
+        assert_eq!(
+            store.get(&"out".to_string()).await.unwrap(),
+            Some(b"new".to_vec())
+        );
         assert_eq!(store.get(&"other".to_string()).await.unwrap(), None);
     }
 
@@ -478,15 +506,28 @@ mod tests {
         let store: Shared = Arc::new(MemoryStore::new());
         let (first, second) = (lease(&store, 60_000), lease(&store, 60_000));
         let never = Fenced::new(Arc::clone(&store), second.fence());
-        assert!(never.put("k".into(), vec![1]).await.unwrap_err().is_conflict());
+        assert!(never
+            .put("k".into(), vec![1])
+            .await
+            .unwrap_err()
+            .is_conflict());
         assert!(first.try_acquire().await.unwrap());
-        assert!(first.try_acquire().await.unwrap(), "the holder acquires again: a renewal");
+        assert!(
+            first.try_acquire().await.unwrap(),
+            "the holder acquires again: a renewal"
+        );
         assert_eq!(first.epoch(), Some(1));
         first.release().await.unwrap();
         assert!(!first.is_held());
-        assert!(second.try_acquire().await.unwrap(), "released: no wait for the expiry");
+        assert!(
+            second.try_acquire().await.unwrap(),
+            "released: no wait for the expiry"
+        );
         assert_eq!(second.epoch(), Some(2));
-        assert!(never.put("k".into(), vec![2]).await.is_ok(), "the fence follows its lease");
+        assert!(
+            never.put("k".into(), vec![2]).await.is_ok(),
+            "the fence follows its lease"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

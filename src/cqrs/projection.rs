@@ -256,7 +256,16 @@ where
         F: Fn(Recorded<E>, Arc<R>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<(), HandlerError>> + Send + 'static,
     {
-        Self::launch(name.into(), source, read_model, checkpoints, options, None, apply).await
+        Self::launch(
+            name.into(),
+            source,
+            read_model,
+            checkpoints,
+            options,
+            None,
+            apply,
+        )
+        .await
     }
 
     /// [`start_with`](Self::start_with), run by one process of the many

@@ -437,21 +437,34 @@ mod tests {
     async fn concurrent_assigns_from_two_directories_lose_no_update_and_get_unique_epochs() {
         let store = Arc::new(MemoryStore::<String, Vec<u8>>::new());
         let open = || Directory::open(Arc::clone(&store), "tenants", 4, Unknown::Refuse);
-        let (a, b) = (Arc::new(open().await.unwrap()), Arc::new(open().await.unwrap()));
+        let (a, b) = (
+            Arc::new(open().await.unwrap()),
+            Arc::new(open().await.unwrap()),
+        );
         let tasks: Vec<_> = (0..40u32)
             .map(|n| {
                 let directory = Arc::clone(if n % 2 == 0 { &a } else { &b });
                 tokio::spawn(async move {
                     let key = format!("tenant-{n}").into_bytes();
-                    directory.assign(Entry::Key(key), (n % 4) as usize).await.unwrap()
+                    directory
+                        .assign(Entry::Key(key), (n % 4) as usize)
+                        .await
+                        .unwrap()
                 })
             })
             .collect();
         let mut epochs = BTreeSet::new();
         for task in tasks {
-            assert!(epochs.insert(task.await.unwrap()), "an epoch was handed out twice");
+            assert!(
+                epochs.insert(task.await.unwrap()),
+                "an epoch was handed out twice"
+            );
         }
-        assert_eq!(epochs, (1..=40).collect(), "one epoch per change, none skipped");
+        assert_eq!(
+            epochs,
+            (1..=40).collect(),
+            "one epoch per change, none skipped"
+        );
         for directory in [&a, &b] {
             directory.refresh().await.unwrap();
             assert_eq!(directory.epoch(), 40);
