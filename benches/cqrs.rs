@@ -4,7 +4,11 @@
 //!   against the same in-memory store (read the counter, write the post,
 //!   the counter, the event and the log's next position in one batch);
 //! - projection throughput: events applied per second to an in-memory
-//!   read model, catching up on a log of 10,000 events.
+//!   read model, catching up on a log of 10,000 events;
+//! - commands on distinct aggregates from 16 concurrent senders over a
+//!   store with 1 ms latency: the concurrent bus (optimistic reads, group
+//!   commit of conditional writes) beside the single-process bus (one
+//!   command at a time), the only mode before conditional writes.
 //!
 //! `cargo bench --bench cqrs`; compare within one run.
 
@@ -183,5 +187,87 @@ fn projection_throughput(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, command_dispatch, projection_throughput);
+/// A deposit to one account: read its balance, write it back, emit.
+#[derive(Clone)]
+struct Deposit {
+    account: u64,
+}
+
+impl Command for Deposit {
+    type Output = u64;
+}
+
+struct Accounts;
+
+impl CommandHandler<Deposit, String> for Accounts {
+    async fn handle(
+        &self,
+        deposit: Deposit,
+        context: &mut CommandContext<'_, String>,
+    ) -> Result<u64, CommandError> {
+        let key = format!("account/{}", deposit.account);
+        let balance = context.get::<u64>(&key).await?.unwrap_or(0) + 1;
+        context.put(key, &balance)?;
+        context.emit(format!("deposit:{}", deposit.account));
+        Ok(balance)
+    }
+}
+
+fn concurrent_senders(c: &mut Criterion) {
+    const SENDERS: u64 = 16;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("commands_16_senders_1ms_store");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(4));
+    for single_process in [true, false] {
+        let name = if single_process {
+            "single_process_bus"
+        } else {
+            "concurrent_bus"
+        };
+        group.bench_function(name, |b| {
+            let store = scalekit::testing::FaultyStore::builder(MemoryStore::new())
+                .latency(Duration::from_millis(1))
+                .build()
+                .unwrap();
+            let builder = CommandBus::<_, String>::builder(Arc::new(store), "accounts").handle(Accounts);
+            let bus = if single_process {
+                builder.single_process()
+            } else {
+                builder
+            }
+            .build()
+            .unwrap();
+            b.to_async(&runtime).iter_custom(|iters| {
+                let bus = bus.clone();
+                async move {
+                    let start = Instant::now();
+                    let senders: Vec<_> = (0..SENDERS)
+                        .map(|sender| {
+                            let bus = bus.clone();
+                            tokio::spawn(async move {
+                                for n in 0..iters.div_ceil(SENDERS) {
+                                    let account = sender * 1_000_000 + n;
+                                    bus.dispatch(Deposit { account }).await.unwrap();
+                                }
+                            })
+                        })
+                        .collect();
+                    for sender in senders {
+                        sender.await.unwrap();
+                    }
+                    start.elapsed()
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, command_dispatch, projection_throughput, concurrent_senders);
 criterion_main!(benches);
