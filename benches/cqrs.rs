@@ -235,7 +235,8 @@ fn concurrent_senders(c: &mut Criterion) {
                 .latency(Duration::from_millis(1))
                 .build()
                 .unwrap();
-            let builder = CommandBus::<_, String>::builder(Arc::new(store), "accounts").handle(Accounts);
+            let builder =
+                CommandBus::<_, String>::builder(Arc::new(store), "accounts").handle(Accounts);
             let bus = if single_process {
                 builder.single_process()
             } else {
@@ -269,5 +270,10 @@ fn concurrent_senders(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, command_dispatch, projection_throughput, concurrent_senders);
+criterion_group!(
+    benches,
+    command_dispatch,
+    projection_throughput,
+    concurrent_senders
+);
 criterion_main!(benches);

@@ -214,7 +214,7 @@ fn append(prefix: &str, n: usize) -> Append {
         id: format!("{prefix}-{n}"),
         aggregate: format!("agg/{}", n % AGGREGATES),
         // A quarter are idempotent, with keys every process uses.
-        key: (n % 4 == 0).then(|| format!("shared-{}", n / 4)),
+        key: n.is_multiple_of(4).then(|| format!("shared-{}", n / 4)),
     }
 }
 
@@ -598,8 +598,8 @@ fn a_projection_runner_killed_ten_times_and_paused_past_its_lease_builds_what_a_
         }
     };
     let mut epochs_seen = BTreeSet::new();
-    let mut generation = 1;
     for kill in 0..10 {
+        let generation = kill as usize + 1;
         let slot = wait_for_holder(&slots);
         std::thread::sleep(Duration::from_millis(60 + 25 * kill));
         let (runner, history) = slots.remove(slot);
@@ -608,7 +608,6 @@ fn a_projection_runner_killed_ten_times_and_paused_past_its_lease_builds_what_a_
             epochs_seen.insert(line);
         }
         slots.insert(slot, spawn_runner(slot, generation));
-        generation += 1;
     }
     // Pause the runner past its lease mid-batch, let the other take over,
     // then wake it: its writes must not land.

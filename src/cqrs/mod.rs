@@ -15,14 +15,37 @@
 //! | an event a projection cannot apply | retried ([`ProjectionOptions`]), then set aside as a [`DeadEvent`], recorded in the checkpoint store before the checkpoint passes it (so it survives restarts), bounded (past the limit the projection stops rather than skip), listed by [`dead_events`](Projection::dead_events) and applied again by [`replay_dead_events`](Projection::replay_dead_events) |
 //! | a query that sees its own command, or says it cannot | [`QueryBus::query_after`] with the command's token: waits for the projection, then [`QueryError::Stale`] rather than old data |
 //! | validation, timing and retries around every command and query | one [`Middleware`] pipeline: [`Validate`], [`Timing`], [`Retry`] (and your own layers), added with `.layer(..)` on either bus; idempotency is the command bus's own, because the key must be stored with the command's writes |
+//! | many app servers sending commands to one log | any number of [`CommandBus`]es over one store: commits are conditional writes (see below) |
+//! | one process of many to run a projection, another to take over when it dies | [`Projection::start_leased`] with a [`projection_lease`]: the holder runs, the others follow the stored checkpoint |
+//! | a runner paused past its lease unable to write when it wakes | its checkpoint and set-aside writes are fenced by the lease; build the read model's store as a [`Fenced`](crate::lease::Fenced) from `lease.fence()` |
 //!
-//! Commands run one at a time per bus (the handler's reads, its commit
-//! and the log's sequence numbers stay consistent without optimistic
-//! locking); the write store's batch must be atomic (SQLite's and
-//! PostgreSQL's are transactions). Over a journalled
+//! # Across processes
+//!
+//! Commands run concurrently, in one process and across many. A
+//! handler's reads ([`CommandContext::get`]) remember the version read;
+//! the commit is one [`Store::write_if`](crate::Store::write_if) that
+//! checks those versions, that the log slot after the last event is free
+//! and that the idempotency record is absent, and writes the documents,
+//! the events, the log's next number and the record together. So no two
+//! events share a sequence number, none is overwritten, the log has no
+//! gap, and an idempotency key is handled once however many processes
+//! race on it (the losers answer with the winner's receipt). A command
+//! whose reads went stale runs again, at most
+//! [`max_conflict_retries`](CommandBusBuilder::max_conflict_retries)
+//! times, then fails with [`ErrorKind::Conflict`](crate::ErrorKind::Conflict).
+//! Commands that reach the commit together commit in one batch (group
+//! commit), which is why concurrency pays even on one log. Tokens are log
+//! positions, so a query with a token works in any process whose
+//! projection follows the same log.
+//!
+//! The write store must do conditional writes (SQLite, PostgreSQL and
+//! memory do). Over a store that cannot (a journalled
 //! [`WriteBehind`](crate::cache::WriteBehind), as the `data_layer`
-//! example runs it, a command commits once its batch is in the journal,
-//! and one process's reads see the whole batch; a crash replays it whole.
+//! example runs it), build the bus
+//! [`single_process`](CommandBusBuilder::single_process): commands then
+//! run one at a time and commit with plain batches, correct while that
+//! bus is the log's only writer; a command commits once its batch is in
+//! the journal, and a crash replays it whole.
 //!
 //! # What it costs
 //!
@@ -30,8 +53,11 @@
 //! log (in the `data_layer` example the timelines projection, fanning
 //! each of about 6,600 posts a second out to ten timelines, was 4 events
 //! behind on average and 100 at most, sampled every 10 ms), so a reader
-//! that must see its own command passes the token and may wait. Commands
-//! of one bus are serialised. In exchange, read models take the shape
+//! that must see its own command passes the token and may wait. A commit
+//! is a conditional write per group of concurrent commands: 16 senders on
+//! distinct aggregates over a store with 1 ms latency run 11.7× the
+//! commands a second of a single-process bus (`benches/cqrs.rs`). In
+//! exchange, read models take the shape
 //! each query needs, can be rebuilt from the log, and scale apart from
 //! the write model.
 //!

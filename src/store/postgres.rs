@@ -539,7 +539,11 @@ impl<K, V> PostgresStoreBuilder<K, V> {
     /// Whether `build` creates the table if it is missing (default yes).
     /// Say no for a read replica (a hot standby refuses DDL; the primary's
     /// table reaches it by replication): then `build` does not connect,
-    /// and the store connects on its first call.
+    /// and the store connects on its first call. The set-up also adds the
+    /// `ver` column to a table made before versions, and creates the
+    /// `scalekit_versions` sequence and the `scalekit_write_if` function
+    /// conditional writes use; a table managed elsewhere needs them for
+    /// [`write_if`](crate::Store::write_if).
     pub fn create_table(mut self, create: bool) -> Self {
         self.create_table = create;
         self
