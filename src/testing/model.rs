@@ -10,8 +10,8 @@ use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
 use super::faulty::is_injected;
 use super::Sample;
-use crate::store::{Store, Write};
-use crate::Position;
+use crate::store::{Check, Store, Write};
+use crate::{ErrorKind, Position, Version};
 
 /// How many distinct keys a sequence touches (few, so operations collide).
 const KEYS: u8 = 16;
@@ -31,6 +31,19 @@ pub enum ModelOp {
     GetMany(Vec<u8>),
     /// A batch: `Some(value)` puts, `None` deletes.
     Batch(Vec<(u8, Option<u16>)>),
+    /// Insert if absent: applied exactly when the model lacks the key.
+    InsertIfAbsent(u8, u16),
+    /// Compare and set after reading the key's version: with the version
+    /// read (applied), or with one that is not the key's (a conflict that
+    /// changes nothing). Skipped by a store without conditional writes.
+    CompareAndSet {
+        /// The key.
+        key: u8,
+        /// The value to set.
+        value: u16,
+        /// Whether the check names a version other than the one read.
+        stale: bool,
+    },
 }
 
 /// The proptest strategy for one operation.
@@ -41,8 +54,11 @@ pub fn model_op() -> impl Strategy<Value = ModelOp> {
         4 => (key.clone(), any::<u16>()).prop_map(|(k, v)| ModelOp::Put(k, v)),
         2 => key.clone().prop_map(ModelOp::Delete),
         1 => prop::collection::vec(key.clone(), 0..6).prop_map(ModelOp::GetMany),
-        2 => prop::collection::vec((key, prop::option::of(any::<u16>())), 0..8)
+        2 => prop::collection::vec((key.clone(), prop::option::of(any::<u16>())), 0..8)
             .prop_map(ModelOp::Batch),
+        2 => (key.clone(), any::<u16>()).prop_map(|(k, v)| ModelOp::InsertIfAbsent(k, v)),
+        2 => (key, any::<u16>(), any::<bool>())
+            .prop_map(|(key, value, stale)| ModelOp::CompareAndSet { key, value, stale }),
     ]
 }
 
@@ -229,6 +245,88 @@ where
                     }
                     Err(e) if is_injected(&e) => {}
                     Err(e) => return Err(format!("step {step}: get_many failed: {e}")),
+                }
+            }
+            ModelOp::InsertIfAbsent(k, v) => {
+                let result = store
+                    .write_if(
+                        vec![Check::Absent(key(*k))],
+                        vec![Write::Put(key(*k), value(*v))],
+                    )
+                    .await;
+                match result {
+                    Err(e) if matches!(e.kind(), ErrorKind::Unsupported { .. }) => {}
+                    Err(e) if e.is_conflict() => {
+                        if !model.contains_key(k) {
+                            return Err(format!(
+                                "step {step}: insert-if-absent of {k} conflicted, the model lacks it"
+                            ));
+                        }
+                    }
+                    result => {
+                        let applied = wrote(step, result, true)?;
+                        if applied && model.insert(*k, *v).is_some() {
+                            return Err(format!(
+                                "step {step}: insert-if-absent of {k} applied over a present key"
+                            ));
+                        }
+                    }
+                }
+            }
+            ModelOp::CompareAndSet {
+                key: k,
+                value: v,
+                stale,
+            } => {
+                let read = match store.get_versioned(&key(*k)).await {
+                    Ok(read) => read,
+                    Err(e) if is_injected(&e) => continue,
+                    Err(e) if matches!(e.kind(), ErrorKind::Unsupported { .. }) => continue,
+                    Err(e) => return Err(format!("step {step}: get_versioned failed: {e}")),
+                };
+                let expected = model.get(k).map(|v| value(*v));
+                if read.as_ref().map(|r| &r.value) != expected.as_ref() {
+                    return Err(format!(
+                        "step {step}: get_versioned({k}) = {read:?}, model has {expected:?}"
+                    ));
+                }
+                let check = match (&read, stale) {
+                    (None, false) => Check::Absent(key(*k)),
+                    (None, true) => Check::Version(key(*k), Version::new(1)),
+                    (Some(r), false) => Check::Version(key(*k), r.version),
+                    (Some(_), true) => Check::Absent(key(*k)),
+                };
+                let result = store
+                    .write_if(vec![check], vec![Write::Put(key(*k), value(*v))])
+                    .await;
+                match result {
+                    Err(e) if e.is_conflict() => {
+                        if !*stale {
+                            return Err(format!(
+                                "step {step}: compare-and-set of {k} with the version read conflicted"
+                            ));
+                        }
+                    }
+                    result => {
+                        if *stale && result.is_ok() {
+                            return Err(format!(
+                                "step {step}: compare-and-set of {k} with a wrong version was applied"
+                            ));
+                        }
+                        if wrote(step, result, true)? {
+                            model.insert(*k, *v);
+                            if let (Some(before), Ok(Some(after))) =
+                                (&read, store.get_versioned(&key(*k)).await)
+                            {
+                                if after.version <= before.version {
+                                    return Err(format!(
+                                        "step {step}: the version of {k} went from {} to {}",
+                                        before.version, after.version
+                                    ));
+                                }
+                            }
+                        }
+                    }
                 }
             }
             ModelOp::Batch(writes) => {
