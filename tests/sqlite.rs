@@ -67,6 +67,37 @@ async fn data_and_positions_survive_a_restart() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_opening_one_new_file_at_once_all_open_and_share_it() {
+    // As app processes starting together do: each opens its own
+    // connections to a file nobody created yet.
+    for round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let opens: Vec<_> = (0..6)
+            .map(|_| {
+                let path = dir.path().join("fresh.db");
+                tokio::spawn(
+                    async move { SqliteStore::<u64, u64>::builder().path(path).build().await },
+                )
+            })
+            .collect();
+        let mut stores = Vec::new();
+        for open in opens {
+            stores.push(
+                open.await
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("round {round}: {e}")),
+            );
+        }
+        for (n, store) in stores.iter().enumerate() {
+            store.put(n as u64, round).await.unwrap();
+        }
+        for n in 0..stores.len() {
+            assert_eq!(stores[0].get(&(n as u64)).await.unwrap(), Some(round));
+        }
+    }
+}
+
 #[tokio::test]
 async fn tables_in_one_file_are_separate_stores() {
     let dir = tempfile::tempdir().unwrap();

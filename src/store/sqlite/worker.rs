@@ -131,53 +131,79 @@ fn open(config: &ConnectionConfig) -> Result<Connection> {
 /// the table's last position.
 pub(super) fn open_writer(config: &ConnectionConfig) -> Result<(Connection, Position)> {
     let conn = open(config)?;
-    if let Location::File(_) = config.location {
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-            .map_err(backend("open"))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Error::config(
-                "SqliteStore",
-                format!("the database refused WAL mode (journal_mode is {mode})"),
-            ));
+    // Processes that open one new file at once contend for it: switching
+    // to WAL and the schema's first creation can fail with SQLITE_BUSY
+    // without SQLite's busy handler being asked, so they are tried again
+    // until the busy timeout.
+    let deadline = std::time::Instant::now() + config.busy_timeout;
+    loop {
+        match set_up(&conn, config) {
+            Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(backend("open")(e)),
+            Ok(Err(mode)) => {
+                return Err(Error::config(
+                    "SqliteStore",
+                    format!("the database refused WAL mode (journal_mode is {mode})"),
+                ))
+            }
+            Ok(Ok(position)) => return Ok((conn, position)),
         }
     }
-    conn.execute_batch(&format!(
-        "PRAGMA synchronous = {sync};
-         CREATE TABLE IF NOT EXISTS \"{table}\" (k BLOB PRIMARY KEY NOT NULL, v BLOB NOT NULL, ver INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+}
+
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// WAL mode, then the schema in one write transaction (so two processes
+/// never both add the version column), then the table's position; the
+/// inner `Err` is a journal mode other than WAL.
+fn set_up(
+    conn: &Connection,
+    config: &ConnectionConfig,
+) -> rusqlite::Result<std::result::Result<Position, String>> {
+    if let Location::File(_) = config.location {
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Ok(Err(mode));
+        }
+    }
+    conn.execute_batch(&format!("PRAGMA synchronous = {}", config.synchronous))?;
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS \"{table}\" (k BLOB PRIMARY KEY NOT NULL, v BLOB NOT NULL, ver INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS scalekit_positions (name TEXT PRIMARY KEY NOT NULL, position INTEGER NOT NULL);",
-        sync = config.synchronous,
         table = config.table,
-    ))
-    .map_err(backend("open"))?;
-    add_version_column(&conn, &config.table)?;
-    let position: Option<i64> = conn
+    ))?;
+    add_version_column(&tx, &config.table)?;
+    let position: Option<i64> = tx
         .query_row(
             "SELECT position FROM scalekit_positions WHERE name = ?1",
             [&config.table],
             |row| row.get(0),
         )
-        .optional()
-        .map_err(backend("open"))?;
-    Ok((conn, Position::new(position.unwrap_or(0) as u64)))
+        .optional()?;
+    tx.commit()?;
+    Ok(Ok(Position::new(position.unwrap_or(0) as u64)))
 }
 
 /// Gives a table made before versions existed its `ver` column (its rows
 /// get version 0, older than any write since).
-fn add_version_column(conn: &Connection, table: &str) -> Result<()> {
-    let has_version: bool = conn
-        .query_row(
-            "SELECT count(*) FROM pragma_table_info(?1) WHERE name = 'ver'",
-            [table],
-            |row| row.get::<_, i64>(0),
-        )
-        .map_err(backend("open"))?
-        > 0;
+fn add_version_column(conn: &Connection, table: &str) -> rusqlite::Result<()> {
+    let has_version: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info(?1) WHERE name = 'ver'",
+        [table],
+        |row| row.get::<_, i64>(0),
+    )? > 0;
     if !has_version {
         conn.execute_batch(&format!(
             "ALTER TABLE \"{table}\" ADD COLUMN ver INTEGER NOT NULL DEFAULT 0"
-        ))
-        .map_err(backend("open"))?;
+        ))?;
     }
     Ok(())
 }
