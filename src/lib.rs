@@ -97,6 +97,7 @@
     rust_2018_idioms
 )]
 
+mod backoff;
 pub mod cache;
 pub mod codec;
 pub mod cqrs;

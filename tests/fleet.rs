@@ -68,8 +68,8 @@ impl Store for Shared {
 
 // ---- the harness ---------------------------------------------------------
 
-/// A child process, killed when dropped.
-struct Proc(Child);
+/// A child process, killed when dropped, and where its output goes.
+struct Proc(Child, PathBuf);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -96,7 +96,11 @@ impl Proc {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.0.try_wait().unwrap() {
-                assert!(status.success(), "a child failed: {status}");
+                assert!(
+                    status.success(),
+                    "a child failed: {status}\n{}",
+                    std::fs::read_to_string(&self.1).unwrap_or_default()
+                );
                 return;
             }
             assert!(
@@ -110,14 +114,30 @@ impl Proc {
 
 /// Runs the child test `name` with `settings` in its environment.
 fn spawn(name: &str, settings: &[(&str, String)]) -> Proc {
+    let history = settings
+        .iter()
+        .find(|(key, _)| *key == "FLEET_HISTORY")
+        .map(|(_, history)| history.clone())
+        .expect("every child has a history");
+    let output = PathBuf::from(format!("{history}.output"));
     let mut command = Process::new(std::env::current_exe().unwrap());
     command
-        .args([name, "--exact", "--ignored", "--test-threads=1"])
-        .stdout(std::process::Stdio::null());
+        .args([
+            name,
+            "--exact",
+            "--ignored",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .stdout(std::fs::File::create(&output).unwrap())
+        .stderr(std::fs::File::create(format!("{history}.stderr")).unwrap());
     for (key, value) in settings {
         command.env(key, value);
     }
-    Proc(command.spawn().unwrap())
+    Proc(
+        command.spawn().unwrap(),
+        PathBuf::from(format!("{history}.stderr")),
+    )
 }
 
 fn setting(name: &str) -> String {
@@ -514,12 +534,13 @@ async fn child_runs_the_projection() {
     }
 }
 
-async fn fill_log(store: &Shared, events: usize) -> u64 {
+/// Appends the events numbered `events` to the log; returns the log's end.
+async fn fill_log(store: &Shared, events: std::ops::Range<usize>) -> u64 {
     let bus = CommandBus::<_, String>::builder(store.clone(), "fleet")
         .handle(Appender)
         .build()
         .unwrap();
-    let sends: Vec<_> = (0..events)
+    let sends: Vec<_> = events
         .map(|n| {
             let bus = bus.clone();
             tokio::spawn(async move {
@@ -566,12 +587,26 @@ fn holder(histories: &[PathBuf]) -> Option<usize> {
 }
 
 #[test]
-fn a_projection_runner_killed_ten_times_and_paused_past_its_lease_builds_what_a_rebuild_builds() {
+fn a_projection_runner_killed_ten_times_and_paused_past_its_lease_builds_what_a_rebuild_builds_on_sqlite(
+) {
     let dir = tempfile::tempdir().unwrap();
     let backend = dir.path().join("fleet.db").display().to_string();
+    a_projection_runner_killed_and_paused_builds_what_a_rebuild_builds(backend);
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn a_projection_runner_killed_ten_times_and_paused_past_its_lease_builds_what_a_rebuild_builds_on_postgres(
+) {
+    let table = format!("fleet_projection_{}", std::process::id());
+    a_projection_runner_killed_and_paused_builds_what_a_rebuild_builds(format!("postgres:{table}"));
+}
+
+fn a_projection_runner_killed_and_paused_builds_what_a_rebuild_builds(backend: String) {
+    let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
     let store = rt.block_on(open_store(&backend));
-    let end = rt.block_on(fill_log(&store, 3_000));
+    let first_part = rt.block_on(fill_log(&store, 0..3_000));
     let spawn_runner = |slot: usize, generation: usize| {
         let history = dir
             .path()
@@ -609,17 +644,22 @@ fn a_projection_runner_killed_ten_times_and_paused_past_its_lease_builds_what_a_
         }
         slots.insert(slot, spawn_runner(slot, generation));
     }
-    // Pause the runner past its lease mid-batch, let the other take over,
-    // then wake it: its writes must not land.
+    // Pause the runner past its lease mid-batch, append more events (so
+    // there is work for whoever holds the lease, however far the runners
+    // got), let the other take over, then wake the paused one: its writes
+    // must not land.
     let slot = wait_for_holder(&slots);
     std::thread::sleep(Duration::from_millis(50));
     slots[slot].0.signal("STOP");
     let before = rt.block_on(stored_checkpoint(&store));
+    assert!(before <= first_part);
+    let end = rt.block_on(fill_log(&store, 3_000..4_000));
     let deadline = Instant::now() + Duration::from_secs(30);
     while rt.block_on(stored_checkpoint(&store)) <= before || holder_is(&slots, slot) {
         assert!(
             Instant::now() < deadline,
-            "nobody took over from the paused runner"
+            "nobody took over from the paused runner (checkpoint {} of {end}, before {before})",
+            rt.block_on(stored_checkpoint(&store))
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -691,9 +731,21 @@ async fn child_assigns_directory_entries() {
 }
 
 #[test]
-fn two_processes_assigning_directory_entries_lose_no_update_and_converge() {
+fn two_processes_assigning_directory_entries_lose_no_update_and_converge_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let backend = dir.path().join("fleet.db").display().to_string();
+    two_processes_assigning_directory_entries(backend);
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn two_processes_assigning_directory_entries_lose_no_update_and_converge_on_postgres() {
+    let table = format!("fleet_directory_{}", std::process::id());
+    two_processes_assigning_directory_entries(format!("postgres:{table}"));
+}
+
+fn two_processes_assigning_directory_entries(backend: String) {
+    let dir = tempfile::tempdir().unwrap();
     let children: Vec<_> = ["a", "b"]
         .iter()
         .map(|prefix| {

@@ -16,6 +16,13 @@ use crate::events::Topic;
 use crate::store::{Check, Write};
 use crate::{Error, Position, Result};
 
+/// The first and the longest pause between a command's conflict retries
+/// (after the first, which runs at once).
+const CONFLICT_BACKOFF: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_millis(1),
+    std::time::Duration::from_millis(50),
+);
+
 /// A request to change the write model. Its handler returns an `Output`
 /// (stored with an idempotent command's writes, so it must be a
 /// [`Codec`]).
@@ -300,7 +307,8 @@ where
 
     /// How many times a command whose reads went stale runs again before
     /// it fails with the [`ErrorKind::Conflict`](crate::ErrorKind::Conflict)
-    /// (default 10).
+    /// (default 10). The first retry runs at once; later ones wait from
+    /// 1 ms, doubling to 50 ms, with jitter.
     pub fn max_conflict_retries(mut self, retries: u32) -> Self {
         self.max_conflict_retries = retries;
         self
@@ -502,6 +510,7 @@ where
             return Err(Error::config("CommandBus", "a concurrent bus without a committer").into());
         };
         let mut conflicts = 0;
+        let mut rng = crate::backoff::seed();
         loop {
             if let Some(record) = &idempotency {
                 if let Some(bytes) = inner.store.get(record).await? {
@@ -583,6 +592,18 @@ where
                     conflicts += 1;
                     if conflicts > inner.max_conflict_retries {
                         return Err(error.into());
+                    }
+                    // The first retry runs at once (most conflicts are
+                    // one overlap); later ones back off with jitter, so
+                    // processes contending for one aggregate take turns.
+                    if conflicts > 1 {
+                        let pause = crate::backoff::backoff(
+                            CONFLICT_BACKOFF.0,
+                            CONFLICT_BACKOFF.1,
+                            conflicts - 1,
+                            &mut rng,
+                        );
+                        tokio::time::sleep(pause).await;
                     }
                 }
                 Outcome::Failed(error) => {

@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use super::strategy::Strategy;
 use crate::store::{Check, Store, Write};
@@ -14,6 +15,11 @@ const COMPONENT: &str = "shard directory";
 /// How many times in a row a change is re-applied over another process's
 /// before it fails with the conflict.
 const MAX_CONFLICTS: u32 = 32;
+/// The first and the longest pause before re-applying a change that
+/// conflicted (doubling, with jitter, so that processes changing the
+/// table in a tight loop do not starve each other).
+const CONFLICT_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(1), Duration::from_millis(50));
 
 /// What a directory entry matches.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -284,9 +290,10 @@ impl<S: Store<Key = String, Value = Vec<u8>>> Directory<S> {
     /// Applies `change` to the stored table and writes it with the next
     /// epoch, if nobody wrote the table meanwhile: table and epoch in one
     /// conditional batch. Another process's change in between is read
-    /// and `change` applied again on top of it.
+    /// and `change` applied again on top of it, after a pause with jitter.
     async fn update(&self, change: impl Fn(&mut Table)) -> Result<u64> {
         let mut conflicts = 0;
+        let mut rng = crate::backoff::seed();
         loop {
             let (mut table, unchanged) = self.load_versioned().await?;
             change(&mut table);
@@ -301,7 +308,12 @@ impl<S: Store<Key = String, Value = Vec<u8>>> Directory<S> {
                     *self.cache.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
                     return Ok(epoch);
                 }
-                Err(error) if error.is_conflict() && conflicts < MAX_CONFLICTS => conflicts += 1,
+                Err(error) if error.is_conflict() && conflicts < MAX_CONFLICTS => {
+                    conflicts += 1;
+                    let (base, max) = CONFLICT_BACKOFF;
+                    tokio::time::sleep(crate::backoff::backoff(base, max, conflicts, &mut rng))
+                        .await;
+                }
                 Err(error) => return Err(error),
             }
         }
@@ -315,7 +327,8 @@ impl<S: Store<Key = String, Value = Vec<u8>>> Directory<S> {
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a shard out of
     /// range; [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) if other
-    /// processes changed the table first 32 times in a row; the store's
+    /// processes changed the table first 32 times in a row (each retry
+    /// waits a little longer, from 1 ms doubling to 50 ms, with jitter); the store's
     /// errors ([`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)
     /// over a store without conditional writes).
     pub async fn assign(&self, entry: Entry, shard: usize) -> Result<u64> {

@@ -13,6 +13,7 @@ use super::buffer::Batch;
 use super::dead_letter::{DeadLetter, Refusal};
 use super::stats::Counters;
 use super::Shared;
+use crate::backoff::backoff;
 use crate::store::{Store, Write};
 use crate::{Error, Result};
 
@@ -20,7 +21,7 @@ use crate::{Error, Result};
 /// journal, closed while the store is down: the writes then stay in the
 /// journal for the next start).
 pub(super) async fn run<S: Store>(shared: Arc<Shared<S>>) {
-    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut rng = crate::backoff::seed();
     while let Some(batch) = next_batch(&shared).await {
         if let Outcome::Held = write(&shared, batch, &mut rng).await {
             shared.held.store(true, Ordering::Release);
@@ -292,33 +293,4 @@ async fn isolate<S: Store>(
         }
     }
     failed
-}
-
-/// The wait before attempt `attempts + 1`: doubling from `base` up to
-/// `max`, then a random half to all of it ("equal jitter"), so that many
-/// writers retrying together spread out.
-fn backoff(base: Duration, max: Duration, attempts: u32, rng: &mut u64) -> Duration {
-    let full = base.saturating_mul(1u32 << (attempts - 1).min(20)).min(max);
-    *rng ^= *rng << 13;
-    *rng ^= *rng >> 7;
-    *rng ^= *rng << 17;
-    let share = 0.5 + (*rng >> 11) as f64 / (1u64 << 54) as f64;
-    full.mul_f64(share.min(1.0))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::backoff;
-    use std::time::Duration;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
-        let (base, max) = (Duration::from_millis(10), Duration::from_millis(100));
-        let mut rng = 42;
-        for (attempts, full) in [(1, 10), (2, 20), (3, 40), (4, 80), (5, 100), (30, 100)] {
-            let wait = backoff(base, max, attempts, &mut rng);
-            let full = Duration::from_millis(full);
-            assert!(wait >= full / 2 && wait <= full, "{attempts}: {wait:?}");
-        }
-    }
 }
