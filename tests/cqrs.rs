@@ -772,3 +772,190 @@ async fn retry_never_reruns_a_command_whose_commit_may_have_happened_without_its
     );
     assert_eq!(receipt.output, 2);
 }
+
+/// Projections run under a lease, as app servers sharing one store run
+/// them: the holder applies, the others follow its stored checkpoint.
+mod leased_projections {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use scalekit::cqrs::{
+        projection_lease, CommandBus, EventSource, Projection, ProjectionOptions, Query, QueryBus,
+        QueryHandler, Recorded,
+    };
+    use scalekit::lease::Fenced;
+    use scalekit::{MemoryStore, Store};
+
+    use super::{post, Posts};
+
+    type Shared = Arc<MemoryStore<String, Vec<u8>>>;
+    type Bus = CommandBus<Shared, String>;
+
+    /// Each author's post ids, in the shared store, written under the
+    /// runner's fence; and how many events this process applied.
+    struct Seen {
+        store: Fenced<Shared>,
+        applied: AtomicU64,
+    }
+
+    fn encode(ids: &[u64]) -> Vec<u8> {
+        ids.iter().flat_map(|id| id.to_be_bytes()).collect()
+    }
+
+    fn decode(bytes: &[u8]) -> Vec<u64> {
+        bytes
+            .chunks_exact(8)
+            .map(|id| u64::from_be_bytes(id.try_into().unwrap()))
+            .collect()
+    }
+
+    fn bus(store: &Shared) -> Bus {
+        CommandBus::builder(Arc::clone(store), "posts")
+            .handle(Posts)
+            .build()
+            .unwrap()
+    }
+
+    /// One process's runner of the "seen" projection.
+    async fn runner(store: &Shared, bus: &Bus, ttl: Duration) -> Projection<Seen, String> {
+        let checkpoints = Arc::clone(store).into_dyn();
+        let lease = projection_lease(Arc::clone(&checkpoints), "seen", ttl);
+        let seen = Seen {
+            store: Fenced::new(Arc::clone(store), lease.fence()),
+            applied: AtomicU64::new(0),
+        };
+        let source: Arc<dyn EventSource<String>> = Arc::new(bus.clone());
+        let options = ProjectionOptions {
+            poll: Duration::from_millis(5),
+            ..ProjectionOptions::default()
+        };
+        Projection::start_leased(
+            "seen",
+            source,
+            seen,
+            checkpoints,
+            options,
+            lease,
+            |recorded: Recorded<String>, seen: Arc<Seen>| async move {
+                seen.applied.fetch_add(1, Ordering::Relaxed);
+                let mut parts = recorded.event.splitn(3, ':');
+                let key = format!("seen/{}", parts.next().unwrap_or_default());
+                let id: u64 = parts.next().unwrap_or_default().parse()?;
+                let mut ids = decode(&seen.store.get(&key).await?.unwrap_or_default());
+                if !ids.contains(&id) {
+                    ids.push(id);
+                    seen.store.put(key, encode(&ids)).await?;
+                }
+                Ok(())
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    #[derive(Clone)]
+    struct SeenBy(String);
+
+    impl Query for SeenBy {
+        type Output = Vec<u64>;
+    }
+
+    struct SeenHandler(Projection<Seen, String>);
+
+    impl QueryHandler<SeenBy> for SeenHandler {
+        async fn handle(&self, query: SeenBy) -> scalekit::Result<Vec<u64>> {
+            let key = format!("seen/{}", query.0);
+            Ok(decode(
+                &self
+                    .0
+                    .read_model()
+                    .store
+                    .get(&key)
+                    .await?
+                    .unwrap_or_default(),
+            ))
+        }
+    }
+
+    fn queries(projection: &Projection<Seen, String>) -> QueryBus<Projection<Seen, String>> {
+        QueryBus::builder(projection.clone())
+            .handle(SeenHandler(projection.clone()))
+            .wait_at_most(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    }
+
+    fn applied(projection: &Projection<Seen, String>) -> u64 {
+        projection.read_model().applied.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_holder_applies_and_every_process_answers_queries_after_a_token() {
+        let store: Shared = Arc::new(MemoryStore::new());
+        let buses = [bus(&store), bus(&store)];
+        let ttl = Duration::from_secs(5);
+        let runners = [
+            runner(&store, &buses[0], ttl).await,
+            runner(&store, &buses[1], ttl).await,
+        ];
+        let queries = [queries(&runners[0]), queries(&runners[1])];
+        for n in 0..20 {
+            // A command sent through one process, queried in the other
+            // with its token: the follower waits for the holder.
+            let receipt = buses[n % 2].dispatch(post("ann", "hi")).await.unwrap();
+            let seen = queries[(n + 1) % 2]
+                .query_after(SeenBy("ann".into()), receipt.token)
+                .await
+                .unwrap();
+            assert!(seen.contains(&receipt.output), "{n}: {seen:?}");
+        }
+        let counts = [applied(&runners[0]), applied(&runners[1])];
+        assert!(
+            counts == [20, 0] || counts == [0, 20],
+            "one runner applied each event once: {counts:?}"
+        );
+        let end = buses[0].position().await.unwrap();
+        for runner in &runners {
+            runner.wait_for(end, Duration::from_secs(10)).await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_takes_over_from_a_stopped_holder_and_the_old_fence_refuses() {
+        let store: Shared = Arc::new(MemoryStore::new());
+        let bus = bus(&store);
+        let ttl = Duration::from_millis(300);
+        let mut runners = vec![
+            runner(&store, &bus, ttl).await,
+            runner(&store, &bus, ttl).await,
+        ];
+        let token = bus.dispatch(post("ann", "one")).await.unwrap().token;
+        for runner in &runners {
+            runner
+                .wait_for(token, Duration::from_secs(10))
+                .await
+                .unwrap();
+        }
+        let holder = runners.iter().position(|r| applied(r) > 0).unwrap();
+        let old = runners.remove(holder);
+        let old_writes = old.read_model().store.clone();
+        drop(old); // stops it without releasing the lease, as a crash would
+        let follower = &runners[0];
+        let token = bus.dispatch(post("bob", "two")).await.unwrap().token;
+        follower
+            .wait_for(token, Duration::from_secs(10))
+            .await
+            .expect("the follower took over within the lease and applied");
+        assert_eq!(applied(follower), 1, "it applied only what came after");
+        let error = old_writes
+            .put("seen/bob".into(), encode(&[]))
+            .await
+            .unwrap_err();
+        assert!(error.is_conflict(), "{error}");
+        assert_eq!(
+            queries(follower).query(SeenBy("bob".into())).await.unwrap(),
+            vec![2]
+        );
+    }
+}
