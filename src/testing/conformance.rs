@@ -770,7 +770,7 @@ where
 
 /// For backends that store bytes through a [`Codec`](crate::codec::Codec):
 /// a stored value that does not decode is an
-/// [`ErrorKind::Codec`](crate::ErrorKind::Codec) on `get` and `get_many`, never a
+/// [`ErrorKind::Codec`] on `get` and `get_many`, never a
 /// panic, and does not spoil the readable rows beside it.
 ///
 /// `raw` and `text` must be two views of the same table: one with byte
