@@ -46,12 +46,30 @@ mod tests {
     }
 
     #[test]
-    fn the_jitter_varies_between_waits() {
+    fn the_random_source_is_xorshift64() {
+        // Marsaglia's shifts 13, 7, 17: from 1, 1 ^ 1 << 13 = 8193;
+        // ^ 8193 >> 7 = 8257; ^ 8257 << 17 = 1082269761. And from a seed
+        // whose shifted bits overlap (so `|` or `&` for `^` would show).
+        let mut rng = 1;
+        backoff(Duration::ZERO, Duration::ZERO, 1, &mut rng);
+        assert_eq!(rng, 1_082_269_761);
+        let mut rng = 0x9e37_79b9_7f4a_7c15;
+        backoff(Duration::ZERO, Duration::ZERO, 1, &mut rng);
+        assert_eq!(rng, 15_860_402_102_123_842_989);
+    }
+
+    #[test]
+    fn the_jitter_spreads_waits_over_the_upper_half() {
         let mut rng = seed();
         let base = Duration::from_millis(100);
-        let waits: std::collections::BTreeSet<Duration> =
-            (0..8).map(|_| backoff(base, base, 1, &mut rng)).collect();
-        assert!(waits.len() > 1, "{waits:?}");
+        let waits: Vec<Duration> = (0..1_000)
+            .map(|_| backoff(base, base, 1, &mut rng))
+            .collect();
+        let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
+        assert!(distinct.len() > 990, "{} distinct", distinct.len());
+        let low = waits.iter().filter(|w| **w < base * 5 / 8).count();
+        let high = waits.iter().filter(|w| **w > base * 7 / 8).count();
+        assert!(low > 150 && high > 150, "{low} low, {high} high");
     }
 
     #[test]

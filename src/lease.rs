@@ -212,7 +212,10 @@ impl<S: Store<Key = String, Value = Vec<u8>>> Lease<S> {
     }
 
     /// Takes the lease if nobody holds it (or its holder let it expire),
-    /// or renews it if this holder does; `true` if held now.
+    /// or renews it if this holder does; `true` if held now. A record
+    /// this holder left without knowing its version (after a
+    /// [`release`](Self::release), or a renewal that failed with a store
+    /// error) is taken again at once, as a new epoch.
     ///
     /// # Errors
     ///
@@ -225,17 +228,22 @@ impl<S: Store<Key = String, Value = Vec<u8>>> Lease<S> {
             None => (1, Check::Absent(self.state.key.clone())),
             Some(Versioned { value, version }) => {
                 let record = Record::decode(value)?;
-                let mine = record.holder == self.holder
+                let ours = record.holder == self.holder;
+                let renewal = ours
                     && self
                         .state
                         .held()
                         .is_some_and(|held| held.version == *version);
-                if mine {
+                if renewal {
                     (
                         record.epoch,
                         Check::Version(self.state.key.clone(), *version),
                     )
-                } else if now >= record.expires_ms {
+                } else if ours || now >= record.expires_ms {
+                    // Expired, or left by this holder without its knowing
+                    // the version (released, or a write of unknown
+                    // outcome): a new tenure, whose version fences out
+                    // whatever the old one still had in flight.
                     (
                         record.epoch + 1,
                         Check::Version(self.state.key.clone(), *version),
@@ -551,11 +559,161 @@ mod tests {
     #[test]
     fn a_corrupt_record_is_a_codec_error() {
         assert!(Record::decode(&[1, 2, 3]).is_err());
-        let record = Record {
-            epoch: 3,
-            expires_ms: 9,
-            holder: "h".into(),
-        };
-        assert_eq!(Record::decode(&record.encode()).unwrap(), record);
+        assert!(Record::decode(&[0; 15]).is_err());
+        for holder in ["h", ""] {
+            let record = Record {
+                epoch: 3,
+                expires_ms: 9,
+                holder: holder.into(),
+            };
+            assert_eq!(Record::decode(&record.encode()).unwrap(), record);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lease_says_what_it_is_and_holders_are_unique() {
+        let store: Shared = Arc::new(MemoryStore::new());
+        let (one, two) = (lease(&store, 1_500), lease(&store, 1_500));
+        assert_eq!(one.key(), "job");
+        assert_eq!(one.ttl(), Duration::from_millis(1_500));
+        assert_ne!(one.holder(), two.holder());
+        assert!(one
+            .holder()
+            .starts_with(&format!("pid{}-", std::process::id())));
+        let shown = format!("{one:?}");
+        assert!(
+            shown.contains("job") && shown.contains(one.holder()),
+            "{shown}"
+        );
+    }
+
+    #[tokio::test]
+    async fn held_means_acquired_and_not_expired_and_the_fence_knows_the_epoch() {
+        let store: Shared = Arc::new(MemoryStore::new());
+        let short = lease(&store, 40);
+        let fence = short.fence();
+        assert!(!short.is_held());
+        assert_eq!(fence.epoch(), None);
+        assert!(short.try_acquire().await.unwrap());
+        assert!(short.is_held());
+        assert_eq!(fence.epoch(), Some(1));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(!short.is_held(), "expired without a renewal");
+        let next = lease(&store, 60_000);
+        assert!(next.try_acquire().await.unwrap());
+        assert_eq!(next.fence().epoch(), Some(2));
+        assert_eq!(fence.epoch(), Some(1), "what the old holder last knew");
+        assert!(!short.renew().await.unwrap());
+        assert_eq!(fence.epoch(), None);
+    }
+
+    #[tokio::test]
+    async fn taking_a_lease_again_after_releasing_it_is_a_new_epoch() {
+        let store: Shared = Arc::new(MemoryStore::new());
+        let holder = lease(&store, 60_000);
+        assert!(holder.try_acquire().await.unwrap());
+        holder.release().await.unwrap();
+        assert!(holder.try_acquire().await.unwrap());
+        assert_eq!(holder.epoch(), Some(2), "a new tenure, not a renewal");
+    }
+
+    /// A store whose conditional writes can fail (`down`), and where
+    /// another holder's record can land just after a write (`steal`).
+    #[derive(Debug, Clone, Default)]
+    struct Troubled {
+        inner: Arc<MemoryStore<String, Vec<u8>>>,
+        down: Arc<std::sync::atomic::AtomicBool>,
+        steal: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Store for Troubled {
+        type Key = String;
+        type Value = Vec<u8>;
+
+        async fn get(&self, key: &String) -> Result<Option<Vec<u8>>> {
+            self.inner.get(key).await
+        }
+        async fn put(&self, key: String, value: Vec<u8>) -> Result<Position> {
+            self.inner.put(key, value).await
+        }
+        async fn delete(&self, key: &String) -> Result<Position> {
+            self.inner.delete(key).await
+        }
+        async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+            self.inner.get_many(keys).await
+        }
+        async fn write_batch(&self, batch: Vec<Write<String, Vec<u8>>>) -> Result<Position> {
+            self.inner.write_batch(batch).await
+        }
+        async fn get_versioned(&self, key: &String) -> Result<Option<Versioned<Vec<u8>>>> {
+            self.inner.get_versioned(key).await
+        }
+        async fn write_if(
+            &self,
+            checks: Vec<Check<String>>,
+            batch: Vec<Write<String, Vec<u8>>>,
+        ) -> Result<Position> {
+            if self.down.load(Ordering::Relaxed) {
+                return Err(Error::unavailable("test store", "down"));
+            }
+            let key = batch.first().map(|write| write.key().clone());
+            let position = self.inner.write_if(checks, batch).await?;
+            if let (Some(key), true) = (key, self.steal.swap(false, Ordering::Relaxed)) {
+                let thief = Record {
+                    epoch: 99,
+                    expires_ms: u64::MAX,
+                    holder: "thief".into(),
+                };
+                self.inner.put(key, thief.encode()).await?;
+            }
+            Ok(position)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_failure_is_an_error_and_the_lease_is_not_held() {
+        let store = Troubled::default();
+        let holder = Lease::new(store.clone(), "job", Duration::from_secs(60));
+        store.down.store(true, Ordering::Relaxed);
+        let error = holder.try_acquire().await.unwrap_err();
+        assert!(!error.is_conflict(), "{error}");
+        assert!(!holder.is_held());
+        store.down.store(false, Ordering::Relaxed);
+        assert!(holder.try_acquire().await.unwrap());
+        store.down.store(true, Ordering::Relaxed);
+        assert!(holder.renew().await.is_err());
+        assert!(!holder.is_held(), "a renewal of unknown outcome: not held");
+        store.down.store(false, Ordering::Relaxed);
+        assert!(
+            holder.try_acquire().await.unwrap(),
+            "its own record is taken again at once"
+        );
+        assert_eq!(holder.epoch(), Some(2), "as a new tenure");
+        store.down.store(true, Ordering::Relaxed);
+        assert!(
+            holder.release().await.is_err(),
+            "a release that did not land says so"
+        );
+    }
+
+    #[tokio::test]
+    async fn releasing_a_lease_taken_over_meanwhile_is_no_error_and_leaves_the_new_holder() {
+        let store: Shared = Arc::new(MemoryStore::new());
+        let (old, new) = (lease(&store, 30), lease(&store, 60_000));
+        assert!(old.try_acquire().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(new.try_acquire().await.unwrap());
+        old.release().await.unwrap();
+        assert!(new.renew().await.unwrap(), "the new holder still holds it");
+    }
+
+    #[tokio::test]
+    async fn a_write_that_another_holder_overwrote_at_once_is_not_held() {
+        let store = Troubled::default();
+        let holder = Lease::new(store.clone(), "job", Duration::from_secs(60));
+        store.steal.store(true, Ordering::Relaxed);
+        assert!(!holder.try_acquire().await.unwrap());
+        assert!(!holder.is_held());
+        assert!(holder.fence().check().unwrap_err().is_conflict());
     }
 }

@@ -15,6 +15,18 @@ async fn memory_store_passes_the_conformance_suite_with_integer_keys_and_string_
     conformance::run_all(Arc::new(MemoryStore::<i64, String>::new())).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_store_passes_the_conformance_suite_while_its_lease_is_held() {
+    let store = Arc::new(MemoryStore::<String, Vec<u8>>::new());
+    let lease = scalekit::lease::Lease::new(
+        Arc::clone(&store),
+        "conformance/lease",
+        std::time::Duration::from_secs(600),
+    );
+    assert!(lease.try_acquire().await.unwrap());
+    conformance::run_all(Arc::new(scalekit::lease::Fenced::new(store, lease.fence()))).await;
+}
+
 #[tokio::test]
 async fn memory_store_agrees_with_the_model() {
     ModelTest::new()
