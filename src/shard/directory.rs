@@ -492,6 +492,168 @@ mod tests {
         }
     }
 
+    /// A store over a shared memory store where, before each conditional
+    /// write, a rival directory changes the table (`rivals` times), or
+    /// which is down; it counts the conditional writes.
+    #[derive(Debug)]
+    struct Contended {
+        inner: Arc<MemoryStore<String, Vec<u8>>>,
+        rival: Directory<Arc<MemoryStore<String, Vec<u8>>>>,
+        rivals: std::sync::atomic::AtomicU32,
+        down: std::sync::atomic::AtomicBool,
+        tries: std::sync::atomic::AtomicU32,
+    }
+
+    impl Contended {
+        async fn new(rivals: u32) -> Arc<Self> {
+            let inner = Arc::new(MemoryStore::new());
+            let rival = Directory::open(Arc::clone(&inner), "tenants", 4, Unknown::Refuse)
+                .await
+                .unwrap();
+            Arc::new(Contended {
+                inner,
+                rival,
+                rivals: rivals.into(),
+                down: false.into(),
+                tries: 0.into(),
+            })
+        }
+    }
+
+    impl Store for Contended {
+        type Key = String;
+        type Value = Vec<u8>;
+
+        async fn get(&self, key: &String) -> Result<Option<Vec<u8>>> {
+            self.inner.get(key).await
+        }
+        async fn put(&self, key: String, value: Vec<u8>) -> Result<crate::Position> {
+            self.inner.put(key, value).await
+        }
+        async fn delete(&self, key: &String) -> Result<crate::Position> {
+            self.inner.delete(key).await
+        }
+        async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+            self.inner.get_many(keys).await
+        }
+        async fn write_batch(&self, batch: Vec<Write<String, Vec<u8>>>) -> Result<crate::Position> {
+            self.inner.write_batch(batch).await
+        }
+        async fn get_versioned(
+            &self,
+            key: &String,
+        ) -> Result<Option<crate::store::Versioned<Vec<u8>>>> {
+            self.inner.get_versioned(key).await
+        }
+        async fn write_if(
+            &self,
+            checks: Vec<Check<String>>,
+            batch: Vec<Write<String, Vec<u8>>>,
+        ) -> Result<crate::Position> {
+            use std::sync::atomic::Ordering::Relaxed;
+            let tries = self.tries.fetch_add(1, Relaxed);
+            if self.down.load(Relaxed) {
+                return Err(Error::unavailable("test store", "down"));
+            }
+            if self.rivals.load(Relaxed) > 0 {
+                self.rivals.fetch_sub(1, Relaxed);
+                let key = format!("rival-{tries}").into_bytes();
+                self.rival.assign(Entry::Key(key), 1).await?;
+            }
+            self.inner.write_if(checks, batch).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_assign_over_changes_made_meanwhile_is_applied_again_on_top_of_them() {
+        let store = Contended::new(3).await;
+        let directory = Directory::open(Arc::clone(&store), "tenants", 4, Unknown::Refuse)
+            .await
+            .unwrap();
+        let epoch = directory
+            .assign(Entry::Key(b"ours".to_vec()), 2)
+            .await
+            .unwrap();
+        assert_eq!(epoch, 4, "after the rivals' epochs 1, 2 and 3");
+        assert_eq!(store.tries.load(std::sync::atomic::Ordering::Relaxed), 4);
+        directory.refresh().await.unwrap();
+        assert_eq!(directory.shard(b"ours", 0).unwrap(), 2);
+        for rival in 0..3 {
+            let key = format!("rival-{rival}");
+            assert_eq!(directory.shard(key.as_bytes(), 0).unwrap(), 1, "{key}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_assign_that_always_conflicts_fails_with_the_conflict_after_32_retries() {
+        let store = Contended::new(u32::MAX).await;
+        let directory = Directory::open(Arc::clone(&store), "tenants", 4, Unknown::Refuse)
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let error = directory
+            .assign(Entry::Key(b"ours".to_vec()), 2)
+            .await
+            .unwrap_err();
+        assert!(error.is_conflict(), "{error}");
+        assert_eq!(store.tries.load(std::sync::atomic::Ordering::Relaxed), 33);
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "it backed off between tries: {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_store_failure_is_returned_at_once_not_retried() {
+        let store = Contended::new(0).await;
+        store.down.store(true, std::sync::atomic::Ordering::Relaxed);
+        let directory = Directory::open(Arc::clone(&store), "tenants", 4, Unknown::Refuse)
+            .await
+            .unwrap();
+        let error = directory
+            .assign(Entry::Key(b"ours".to_vec()), 2)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error.kind(), crate::ErrorKind::Unavailable { .. }),
+            "{error}"
+        );
+        assert_eq!(store.tries.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_directory_is_stored_under_its_name_and_says_what_it_holds() {
+        let store = Arc::new(MemoryStore::<String, Vec<u8>>::new());
+        let directory = Directory::create(
+            Arc::clone(&store),
+            "tenants",
+            4,
+            Unknown::Refuse,
+            vec![
+                (Entry::Key(b"a".to_vec()), 0),
+                (Entry::Key(b"b".to_vec()), 1),
+                (Entry::Prefix(b"c/".to_vec()), 2),
+            ],
+        )
+        .await
+        .unwrap();
+        let epoch = directory.epoch();
+        let stored_epoch = store.get(&"tenants/epoch".to_string()).await.unwrap();
+        assert_eq!(stored_epoch, Some(epoch.to_be_bytes().to_vec()));
+        let table = store
+            .get(&"tenants/table".to_string())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(Table::decode(&table).unwrap().keys.len(), 2);
+        let shown = format!("{directory:?}");
+        assert!(
+            shown.contains("\"tenants\"") && shown.contains("entries: 3"),
+            "{shown}"
+        );
+    }
+
     #[tokio::test]
     async fn bad_directories_are_config_errors() {
         let store = || Arc::new(MemoryStore::<String, Vec<u8>>::new());
