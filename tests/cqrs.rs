@@ -959,3 +959,152 @@ mod leased_projections {
         );
     }
 }
+
+/// How the concurrent bus commits when the store says no: the log slot
+/// taken by another process, a read gone stale, a store failure.
+mod commit_outcomes {
+    use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+    use std::sync::Arc;
+
+    use scalekit::cqrs::{CommandBus, CommandError};
+    use scalekit::store::{Check, Versioned, Write};
+    use scalekit::testing::{FaultyStore, Operation};
+    use scalekit::{Error, MemoryStore, Position, Store};
+
+    use super::{post, Posts};
+
+    const PASS: u8 = 0;
+    /// Another process changes `posts/count` just before the next commit.
+    const BUMP_ONCE: u8 = 1;
+    /// Another process always appended first: the log slot is taken.
+    const SLOT_TAKEN: u8 = 2;
+
+    #[derive(Debug, Default)]
+    struct Contended {
+        inner: MemoryStore<String, Vec<u8>>,
+        mode: AtomicU8,
+        commits: AtomicU32,
+    }
+
+    impl Store for Contended {
+        type Key = String;
+        type Value = Vec<u8>;
+
+        async fn get(&self, key: &String) -> scalekit::Result<Option<Vec<u8>>> {
+            self.inner.get(key).await
+        }
+        async fn put(&self, key: String, value: Vec<u8>) -> scalekit::Result<Position> {
+            self.inner.put(key, value).await
+        }
+        async fn delete(&self, key: &String) -> scalekit::Result<Position> {
+            self.inner.delete(key).await
+        }
+        async fn get_many(&self, keys: &[String]) -> scalekit::Result<Vec<Option<Vec<u8>>>> {
+            self.inner.get_many(keys).await
+        }
+        async fn write_batch(
+            &self,
+            batch: Vec<Write<String, Vec<u8>>>,
+        ) -> scalekit::Result<Position> {
+            self.inner.write_batch(batch).await
+        }
+        async fn get_versioned(
+            &self,
+            key: &String,
+        ) -> scalekit::Result<Option<Versioned<Vec<u8>>>> {
+            self.inner.get_versioned(key).await
+        }
+        async fn write_if(
+            &self,
+            checks: Vec<Check<String>>,
+            batch: Vec<Write<String, Vec<u8>>>,
+        ) -> scalekit::Result<Position> {
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            match self.mode.load(Ordering::Relaxed) {
+                BUMP_ONCE => {
+                    self.mode.store(PASS, Ordering::Relaxed);
+                    let count = self.inner.get(&"posts/count".to_string()).await?;
+                    self.inner
+                        .put("posts/count".into(), count.unwrap_or_default())
+                        .await?;
+                }
+                SLOT_TAKEN => {
+                    // The slot check is the last one when events are appended.
+                    let slot = checks.len() - 1;
+                    return Err(Error::conflict(
+                        format!("{:?}", checks[slot].key()),
+                        slot,
+                        None,
+                    ));
+                }
+                _ => {}
+            }
+            self.inner.write_if(checks, batch).await
+        }
+    }
+
+    fn bus(store: &Arc<Contended>) -> CommandBus<Arc<Contended>, String> {
+        CommandBus::builder(Arc::clone(store), "posts")
+            .handle(Posts)
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_command_whose_read_went_stale_runs_again_alone_and_commits() {
+        let store = Arc::new(Contended::default());
+        let bus = bus(&store);
+        bus.dispatch(post("ann", "first")).await.unwrap();
+        store.commits.store(0, Ordering::Relaxed);
+        store.mode.store(BUMP_ONCE, Ordering::Relaxed);
+        let receipt = bus.dispatch(post("bob", "second")).await.unwrap();
+        assert_eq!(receipt.output, 2);
+        assert_eq!(
+            store.commits.load(Ordering::Relaxed),
+            2,
+            "the stale commit, then the rerun: no retry of the same stale batch"
+        );
+        assert_eq!(bus.position().await.unwrap(), Position::new(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_log_slot_always_taken_ends_in_a_conflict_after_bounded_retries() {
+        let store = Arc::new(Contended::default());
+        store.mode.store(SLOT_TAKEN, Ordering::Relaxed);
+        let bus = bus(&store);
+        let error = bus.dispatch(post("ann", "hi")).await.unwrap_err();
+        match &error {
+            CommandError::Failed(error) => assert!(error.is_conflict(), "{error}"),
+            other => panic!("not a conflict: {other}"),
+        }
+        // 64 re-reads of the next number after the first try, for each of
+        // the 1 + 10 runs of the handler.
+        assert_eq!(store.commits.load(Ordering::Relaxed), 65 * 11);
+    }
+
+    #[tokio::test]
+    async fn a_store_failure_at_the_commit_is_the_stores_error() {
+        let store = Arc::new(
+            FaultyStore::builder(MemoryStore::<String, Vec<u8>>::new())
+                .on(&[Operation::WriteIf])
+                .build()
+                .unwrap(),
+        );
+        let bus = CommandBus::<_, String>::builder(Arc::clone(&store), "posts")
+            .handle(Posts)
+            .build()
+            .unwrap();
+        store.set_failing(true);
+        let error = bus.dispatch(post("ann", "hi")).await.unwrap_err();
+        match &error {
+            CommandError::Failed(error) => assert!(
+                FaultyStore::<MemoryStore<String, Vec<u8>>>::is_injected(error),
+                "{error}"
+            ),
+            other => panic!("not the store's failure: {other}"),
+        }
+        assert!(format!("{bus:?}").contains("queued: 0"), "{bus:?}");
+        store.set_failing(false);
+        assert_eq!(bus.dispatch(post("ann", "hi")).await.unwrap().output, 1);
+    }
+}

@@ -243,6 +243,7 @@ impl<S: fmt::Debug, E: Clone> fmt::Debug for CommandBus<S, E> {
             .field("store", &self.inner.store)
             .field("handlers", &self.inner.handlers.len())
             .field("publishes", &self.inner.topic.is_some())
+            .field("committer", &self.inner.committer)
             .finish()
     }
 }
