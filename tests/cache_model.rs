@@ -2,6 +2,9 @@
 //! tasks over a faulty store; every read must return a value the history
 //! allows — the last acknowledged write, or one concurrent with the read.
 
+mod common;
+use common::runtime;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -177,14 +180,6 @@ fn run_model(make: impl Fn(u64) -> Run) {
             },
         )
         .unwrap();
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn faulty_store(seed: u64) -> FaultyStore<MemoryStore<u64, u16>> {

@@ -6,6 +6,9 @@
 //! was acknowledged) to a file, one line at a time, and the parent checks
 //! those histories against what the store holds.
 
+mod common;
+use common::runtime;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -443,14 +446,6 @@ fn four_processes_one_killed_lose_no_acknowledged_command_on_postgres() {
     runtime().block_on(four_processes_one_killed_lose_no_acknowledged_command(
         format!("postgres:{table}"),
     ));
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 // ---- 2. one projection runner, killed ten times and paused once ---------

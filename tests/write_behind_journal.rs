@@ -2,6 +2,9 @@
 //! process, a torn or corrupted record is reported and not applied, and
 //! the log shrinks once the store has the writes.
 
+mod common;
+use common::runtime;
+
 use std::future::Future;
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::Path;
@@ -24,14 +27,6 @@ where
 {
     WriteBehind::builder(store)
         .journal(journal.as_ref(), policy)
-        .build()
-        .unwrap()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
         .build()
         .unwrap()
 }

@@ -449,15 +449,8 @@ where
                 .await;
         }
         let mut turn = inner.turn.lock().await;
-        if let Some(record) = &idempotency {
-            if let Some(bytes) = inner.store.get(record).await? {
-                let (output, token) = decode_result::<C::Output>(&bytes)?;
-                return Ok(Receipt {
-                    output,
-                    token,
-                    repeated: true,
-                });
-            }
+        if let Some(receipt) = recorded_receipt(&inner.store, idempotency.as_deref()).await? {
+            return Ok(receipt);
         }
         let mut context = CommandContext {
             store: &inner.store,
@@ -513,15 +506,8 @@ where
         let mut conflicts = 0;
         let mut rng = crate::backoff::seed();
         loop {
-            if let Some(record) = &idempotency {
-                if let Some(bytes) = inner.store.get(record).await? {
-                    let (output, token) = decode_result::<C::Output>(&bytes)?;
-                    return Ok(Receipt {
-                        output,
-                        token,
-                        repeated: true,
-                    });
-                }
+            if let Some(receipt) = recorded_receipt(&inner.store, idempotency.as_deref()).await? {
+                return Ok(receipt);
             }
             let mut context = CommandContext {
                 store: &inner.store,
@@ -720,6 +706,26 @@ fn encode_result<T: Codec>(output: &T, token: Position) -> Result<Vec<u8>> {
     let mut bytes = token.to_bytes().to_vec();
     bytes.extend(log::encode("value", output)?);
     Ok(bytes)
+}
+
+/// The receipt recorded under an idempotency key, if the command with
+/// that key was handled already.
+async fn recorded_receipt<S: WriteStore, T: Codec>(
+    store: &S,
+    record: Option<&str>,
+) -> Result<Option<Receipt<T>>> {
+    let Some(record) = record else {
+        return Ok(None);
+    };
+    let Some(bytes) = store.get(&record.to_string()).await? else {
+        return Ok(None);
+    };
+    let (output, token) = decode_result::<T>(&bytes)?;
+    Ok(Some(Receipt {
+        output,
+        token,
+        repeated: true,
+    }))
 }
 
 fn decode_result<T: Codec>(bytes: &[u8]) -> Result<(T, Position)> {

@@ -18,6 +18,17 @@ pub fn unique_name(purpose: &str, separator: char) -> String {
     )
 }
 
+/// A two-worker multi-thread runtime with time and I/O, for tests that
+/// block on it from a plain `#[test]` (or from a child process).
+#[allow(dead_code)]
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Polls a future that completes without waiting (an in-process tier's
 /// do) to its output, with no runtime in the way.
 #[allow(dead_code)]
