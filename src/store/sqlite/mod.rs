@@ -329,6 +329,14 @@ impl<K, V> SqliteStoreBuilder<K, V> {
 
     /// How long a connection waits for a lock held by another process or
     /// store before failing with a backend error (default 5 s).
+    ///
+    /// One file lock serialises the writers of every process on the file:
+    /// a process stopped (SIGSTOP, a debugger, a VM pause) inside its
+    /// write transaction stalls every other process's writes until it
+    /// resumes, and past this timeout they fail (transient `Backend`
+    /// errors, "database is locked"). Conditional writes and fences still
+    /// hold; only progress stops. PostgreSQL's conditional writes are
+    /// single statements, so a stopped client there holds no lock.
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
         self.busy_timeout = timeout;
         self
