@@ -159,6 +159,24 @@ impl<R, E> Drop for Inner<R, E> {
         {
             task.abort();
         }
+        // A runner stopped on purpose gives its lease up, so a follower
+        // takes over at once rather than after the lease's time to live
+        // (a write of the aborted batch still in flight fails on the
+        // fence: the release changes the lease record). Without a runtime
+        // to release it on, the lease expires.
+        if let Some(lease) = self.lease.take().filter(|lease| lease.epoch().is_some()) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    // Boxed as `Send` where the store type is known, as in
+                    // `runs`.
+                    let release: std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + '_>> =
+                        Box::pin(lease.release());
+                    if let Err(error) = release.await {
+                        tracing::warn!(%error, lease = lease.key(), "cannot release the lease");
+                    }
+                });
+            }
+        }
     }
 }
 
@@ -280,7 +298,10 @@ where
     /// [`Fenced`] store built from `lease.fence()` before this call): a
     /// runner that stalled past its lease and wakes up cannot write
     /// anything, it finds the conflict and goes back to following. A
-    /// batch must take less than the lease's time to live.
+    /// batch must take less than the lease's time to live. Dropping the
+    /// last handle of the holder releases the lease, so a follower takes
+    /// over at once; a holder that dies is replaced once its lease
+    /// expires.
     ///
     /// # Errors
     ///
