@@ -168,21 +168,31 @@ fn lines(history: &Path) -> Vec<String> {
 
 /// The shared store: a table of an SQLite file, or of PostgreSQL when the
 /// backend setting names a table there.
+/// Drops a passed test's table (a failed one keeps it, to look at).
+#[cfg(feature = "postgres")]
+fn drop_postgres_table(table: &str) {
+    runtime().block_on(async {
+        postgres_store(table).await.drop_table().await.unwrap();
+    });
+}
+
+#[cfg(feature = "postgres")]
+async fn postgres_store(table: &str) -> scalekit::store::PostgresStore<String, Vec<u8>> {
+    let url = std::env::var("SCALEKIT_POSTGRES_URL")
+        .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".to_string());
+    scalekit::store::PostgresStore::<String, Vec<u8>>::builder()
+        .url(url)
+        .table(table)
+        .pool_size(8)
+        .build()
+        .await
+        .expect("connect to PostgreSQL on 127.0.0.1:5432 (see .ci/run)")
+}
+
 async fn open_store(backend: &str) -> Shared {
     if let Some(table) = backend.strip_prefix("postgres:") {
         #[cfg(feature = "postgres")]
-        {
-            let url = std::env::var("SCALEKIT_POSTGRES_URL")
-                .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".to_string());
-            return scalekit::store::PostgresStore::<String, Vec<u8>>::builder()
-                .url(url)
-                .table(table)
-                .pool_size(8)
-                .build()
-                .await
-                .map(|store| Shared(store.into_dyn()))
-                .expect("connect to PostgreSQL on 127.0.0.1:5432 (see .ci/run)");
-        }
+        return Shared(postgres_store(table).await.into_dyn());
         #[cfg(not(feature = "postgres"))]
         panic!("{table}: PostgreSQL needs the postgres feature");
     }
@@ -446,6 +456,7 @@ fn four_processes_one_killed_lose_no_acknowledged_command_on_postgres() {
     runtime().block_on(four_processes_one_killed_lose_no_acknowledged_command(
         format!("postgres:{table}"),
     ));
+    drop_postgres_table(&table);
 }
 
 // ---- 2. one projection runner, killed ten times and paused once ---------
@@ -595,6 +606,7 @@ fn a_projection_runner_killed_ten_times_and_paused_past_its_lease_builds_what_a_
 ) {
     let table = format!("fleet_projection_{}", std::process::id());
     a_projection_runner_killed_and_paused_builds_what_a_rebuild_builds(format!("postgres:{table}"));
+    drop_postgres_table(&table);
 }
 
 fn a_projection_runner_killed_and_paused_builds_what_a_rebuild_builds(backend: String) {
@@ -763,6 +775,7 @@ fn two_processes_assigning_directory_entries_lose_no_update_and_converge_on_sqli
 fn two_processes_assigning_directory_entries_lose_no_update_and_converge_on_postgres() {
     let table = format!("fleet_directory_{}", std::process::id());
     two_processes_assigning_directory_entries(format!("postgres:{table}"));
+    drop_postgres_table(&table);
 }
 
 fn two_processes_assigning_directory_entries(backend: String) {
