@@ -980,6 +980,8 @@ mod commit_outcomes {
     const BUMP_ONCE: u8 = 1;
     /// Another process always appended first: the log slot is taken.
     const SLOT_TAKEN: u8 = 2;
+    /// A store without conditional writes.
+    const REFUSES: u8 = 3;
 
     #[derive(Debug, Default)]
     struct Contended {
@@ -1039,6 +1041,13 @@ mod commit_outcomes {
                         None,
                     ));
                 }
+                REFUSES => {
+                    return Err(Error::unsupported(
+                        "test store",
+                        "write_if",
+                        "no conditional writes",
+                    ))
+                }
                 _ => {}
             }
             self.inner.write_if(checks, batch).await
@@ -1052,14 +1061,20 @@ mod commit_outcomes {
             .unwrap()
     }
 
-    #[tokio::test]
-    async fn a_command_whose_read_went_stale_runs_again_alone_and_commits() {
+    #[tokio::test(start_paused = true)]
+    async fn a_command_whose_read_went_stale_runs_again_alone_at_once_and_commits() {
         let store = Arc::new(Contended::default());
         let bus = bus(&store);
         bus.dispatch(post("ann", "first")).await.unwrap();
         store.commits.store(0, Ordering::Relaxed);
         store.mode.store(BUMP_ONCE, Ordering::Relaxed);
+        let started = tokio::time::Instant::now();
         let receipt = bus.dispatch(post("bob", "second")).await.unwrap();
+        assert_eq!(
+            started.elapsed(),
+            std::time::Duration::ZERO,
+            "the first rerun does not wait"
+        );
         assert_eq!(receipt.output, 2);
         assert_eq!(
             store.commits.load(Ordering::Relaxed),
@@ -1074,14 +1089,63 @@ mod commit_outcomes {
         let store = Arc::new(Contended::default());
         store.mode.store(SLOT_TAKEN, Ordering::Relaxed);
         let bus = bus(&store);
+        let started = tokio::time::Instant::now();
         let error = bus.dispatch(post("ann", "hi")).await.unwrap_err();
         match &error {
             CommandError::Failed(error) => assert!(error.is_conflict(), "{error}"),
             other => panic!("not a conflict: {other}"),
         }
+        // Reruns 2 to 10 wait 1, 2, 4 … 32, then 50 ms (at least half of
+        // each): at least 106 ms in all, at most 213 ms.
+        let waited = started.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(106)
+                && waited <= std::time::Duration::from_millis(213),
+            "{waited:?}"
+        );
         // 64 re-reads of the next number after the first try, for each of
         // the 1 + 10 runs of the handler.
         assert_eq!(store.commits.load(Ordering::Relaxed), 65 * 11);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reruns_after_the_first_wait_the_back_off_steps_in_order() {
+        let store = Arc::new(Contended::default());
+        store.mode.store(SLOT_TAKEN, Ordering::Relaxed);
+        let bus = CommandBus::builder(Arc::clone(&store), "posts")
+            .handle(Posts)
+            .max_conflict_retries(3)
+            .build()
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        bus.dispatch(post("ann", "hi")).await.unwrap_err();
+        assert_eq!(store.commits.load(Ordering::Relaxed), 65 * 4);
+        // Rerun 1 at once, rerun 2 after half to all of 1 ms, rerun 3
+        // after half to all of 2 ms (the paused clock rounds each up to
+        // a whole millisecond): 1.5 to 3 ms.
+        let waited = started.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_micros(1_500)
+                && waited <= std::time::Duration::from_millis(3),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_concurrent_bus_over_a_store_without_conditional_writes_says_to_use_single_process() {
+        let store = Arc::new(Contended::default());
+        store.mode.store(REFUSES, Ordering::Relaxed);
+        let error = bus(&store).dispatch(post("ann", "hi")).await.unwrap_err();
+        match &error {
+            CommandError::Failed(error) => {
+                assert!(
+                    matches!(error.kind(), scalekit::ErrorKind::Unsupported { .. }),
+                    "{error}"
+                );
+                assert!(error.to_string().contains("single_process"), "{error}");
+            }
+            other => panic!("not unsupported: {other}"),
+        }
     }
 
     #[tokio::test]

@@ -449,7 +449,7 @@ where
                 .await;
         }
         let mut turn = inner.turn.lock().await;
-        if let Some(receipt) = recorded_receipt(&inner.store, idempotency.as_deref()).await? {
+        if let Some(receipt) = recorded_receipt(&inner.store, idempotency.as_ref()).await? {
             return Ok(receipt);
         }
         let mut context = CommandContext {
@@ -504,9 +504,10 @@ where
             return Err(Error::config("CommandBus", "a concurrent bus without a committer").into());
         };
         let mut conflicts = 0;
-        let mut rng = crate::backoff::seed();
+        // Seeded at the first pause: most commands never conflict.
+        let mut rng = None;
         loop {
-            if let Some(receipt) = recorded_receipt(&inner.store, idempotency.as_deref()).await? {
+            if let Some(receipt) = recorded_receipt(&inner.store, idempotency.as_ref()).await? {
                 return Ok(receipt);
             }
             let mut context = CommandContext {
@@ -588,7 +589,7 @@ where
                             CONFLICT_BACKOFF.0,
                             CONFLICT_BACKOFF.1,
                             conflicts - 1,
-                            &mut rng,
+                            rng.get_or_insert_with(crate::backoff::seed),
                         );
                         tokio::time::sleep(pause).await;
                     }
@@ -712,12 +713,12 @@ fn encode_result<T: Codec>(output: &T, token: Position) -> Result<Vec<u8>> {
 /// that key was handled already.
 async fn recorded_receipt<S: WriteStore, T: Codec>(
     store: &S,
-    record: Option<&str>,
+    record: Option<&String>,
 ) -> Result<Option<Receipt<T>>> {
     let Some(record) = record else {
         return Ok(None);
     };
-    let Some(bytes) = store.get(&record.to_string()).await? else {
+    let Some(bytes) = store.get(record).await? else {
         return Ok(None);
     };
     let (output, token) = decode_result::<T>(&bytes)?;
